@@ -1,0 +1,28 @@
+"""Everything a plugin file in ``methods/`` or ``datasets/`` needs, in one import."""
+
+from bench.compat import CompatArchitecture, CompatWeighting
+from bench.method import (
+    MethodSpec,
+    register_architecture,
+    register_method,
+    register_weighting,
+)
+from bench.registry import scenarios
+from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+
+register_scenario = scenarios.register
+
+__all__ = [
+    "CompatArchitecture",
+    "CompatWeighting",
+    "MethodSpec",
+    "Scenario",
+    "ScenarioData",
+    "Split",
+    "TaskSpec",
+    "TrainingSetup",
+    "register_architecture",
+    "register_method",
+    "register_scenario",
+    "register_weighting",
+]

@@ -1,0 +1,141 @@
+"""Encoders ("backbones") shared by all methods, with the *staged-encoder* protocol.
+
+A staged encoder has ``stem`` (a module), ``stages`` (an ``nn.ModuleList``), ``stage_channels``
+(output channels of each stage) and ``out_channels``; ``forward(x)`` is
+``stages[-1](...stages[0](stem(x)))`` and returns a feature map ``(N, C, h, w)``. Cross-Stitch,
+MoLA's placement ("Block4" = ``stages[3]``) and the parameter-count plots rely on it.
+
+* ``resnet`` — a ResNet with one or more :class:`BasicBlock` per stage; ``widths=(64,128,256,512),
+  blocks=(2,2,2,2)`` is ResNet-18 (He et al. 2016) as MoLA uses it (Appendix B); the embedded
+  scenarios use a narrow version so that a run takes seconds on a CPU.
+* ``timm_resnet18`` — timm's ResNet-18 re-exposed with the staged protocol (paper profile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.registry import Registry
+
+backbones: Registry[Any] = Registry("backbone")
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with BN, identity or 1x1-projection shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class StagedEncoder(nn.Module):
+    """Base class of the staged-encoder protocol."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+    stage_channels: tuple[int, ...]
+
+    @property
+    def out_channels(self) -> int:
+        return self.stage_channels[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class ResNet(StagedEncoder):
+    """A ResNet of basic blocks; ResNet-18 with the defaults of :func:`resnet18`."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = (16, 32, 64, 128),
+        blocks: Sequence[int] = (1, 1, 1, 1),
+        strides: Sequence[int] = (1, 2, 2, 2),
+        stem_stride: int = 1,
+        stem_pool: bool = False,
+    ) -> None:
+        super().__init__()
+        if not (len(widths) == len(blocks) == len(strides)):
+            raise ValueError("widths, blocks and strides must have the same length")
+        stem: list[nn.Module] = [
+            nn.Conv2d(in_channels, widths[0], 3 if stem_stride == 1 else 7, stem_stride,
+                      1 if stem_stride == 1 else 3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        if stem_pool:
+            stem.append(nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(*stem)
+        stages = []
+        in_ch = widths[0]
+        for width, n_blocks, stride in zip(widths, blocks, strides):
+            layers = [BasicBlock(in_ch, width, stride)]
+            layers += [BasicBlock(width, width, 1) for _ in range(n_blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            in_ch = width
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = tuple(widths)
+
+
+@backbones.register("resnet", description="ResNet of basic blocks (narrow by default)")
+def resnet(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResNet:
+    return ResNet(in_channels=in_channels, **kwargs)
+
+
+@backbones.register("resnet18", description="ResNet-18 (MoLA Appendix B), 11.2M parameters")
+def resnet18(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResNet:
+    kwargs = {"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2), "strides": (1, 2, 2, 2),
+              "stem_stride": 2, "stem_pool": True, **kwargs}
+    return ResNet(in_channels=in_channels, **kwargs)
+
+
+class TimmStaged(StagedEncoder):
+    """A timm ResNet exposed with the staged-encoder protocol (no classifier head)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
+        self.stages = nn.ModuleList([model.layer1, model.layer2, model.layer3, model.layer4])
+        self.stage_channels = tuple(
+            stage[-1].conv2.out_channels for stage in self.stages  # type: ignore[index]
+        )
+
+
+@backbones.register("timm_resnet18", description="timm's resnet18 (loads a local checkpoint)")
+def timm_resnet18(in_channels: int = 3, input_shape: Any = None, checkpoint: str | None = None,
+                  **kwargs: Any) -> TimmStaged:
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, in_chans=in_channels, num_classes=0,
+                              **kwargs)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=False)
+    return TimmStaged(model)
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone; every builder takes ``in_channels`` and ``input_shape``."""
+    return backbones.get(name)(**kwargs)

@@ -1,0 +1,188 @@
+"""LibMTL 1.1.5 on torch 2.x: every fix the suite needs, in one place.
+
+LibMTL's only PyPI release (1.1.5, Dec 2021) predates torch 2. We keep its contract
+(:class:`AbsWeighting` for weightings, :class:`AbsArchitecture` for architectures, the weighting
+mixed into the architecture as LibMTL's ``Trainer`` does) and repair what is broken here. Each fix
+is numbered; ``tests/test_compat.py`` has one test per fix, which fails on unpatched LibMTL.
+
+1. ``import LibMTL`` fails: ``LibMTL/model/resnet.py`` imports
+   ``torchvision.models.utils.load_state_dict_from_url``, which moved to ``torch.hub``.
+   -> :func:`import_libmtl` registers a one-attribute shim module before the first import.
+2. ``LibMTL.weighting.CAGrad`` imports ``scipy``, an undeclared dependency.
+   -> ``scipy`` is a declared dependency of this project (``pyproject.toml``).
+3. ``AbsArchitecture.zero_grad_share_params`` calls ``encoder.zero_grad()``, which sets grads to
+   ``None`` since torch 2.0; ``AbsWeighting._reset_grad`` then writes ``param.grad.data`` and
+   crashes for every gradient-surgery weighting (PCGrad, MGDA, CAGrad, GradVac, IMTL, ...).
+   -> :class:`CompatArchitecture` zeroes in place (``set_to_none=False``) and
+   :class:`CompatWeighting` assigns ``param.grad`` when it is ``None``.
+4. ``CAGrad.backward`` hard-codes three tasks (``x.reshape(1, 3)``).
+   -> :class:`methods/cagrad.py` solves the CAGrad dual for any number of tasks.
+5. Weightings read their hyper-parameters from ``kwargs[...]`` with no defaults (GradVac ``beta``,
+   MGDA ``mgda_gn``, CAGrad ``calpha``/``rescale``...), and some support only one ``rep_grad``
+   mode. -> every registered weighting declares its defaults and supported modes
+   (:class:`WeightingSpec`), and the engine always passes them explicitly.
+6. ``Cross_stitch``, ``PLE`` and ``MTAN`` reach into a ResNet-shaped encoder (``conv1``,
+   ``layer1..4``). -> our architectures use the staged-encoder protocol of
+   :mod:`bench.backbones` (``stem`` + ``stages``) and are checked at planning time.
+7. ``AbsWeighting.backward`` is declared as a ``@property``: reading ``model.backward`` on a class
+   that does not override it *calls* it with no arguments. -> :class:`CompatWeighting` declares a
+   plain abstract method.
+8. LibMTL's ``Trainer`` runs one forward pass per task in multi-input mode. -> the engine
+   (:mod:`bench.engine`) runs all tasks' batches through the shared encoder in one pass where the
+   weighting only needs the summed loss.
+9. ``AbsArchitecture.forward`` tests ``isinstance(s_rep, list) and not multi_input`` for "all
+   tasks share one representation" — the condition is inverted. -> :class:`CompatArchitecture`
+   computes it correctly.
+10. ``MGDA._find_min_norm_element`` falls off its loop and returns ``None`` when the Frank-Wolfe
+    solver has not converged after 250 iterations. -> ``methods/mgda.py`` returns the last iterate.
+11. ``AbsWeighting._grad2vec`` allocates its buffer on the CPU whatever ``self.device`` is.
+    -> :class:`CompatWeighting` allocates on the parameters' device.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+_SHIM_NAME = "torchvision.models.utils"
+
+
+def install_import_shim() -> None:
+    """Fix 1: provide ``torchvision.models.utils.load_state_dict_from_url`` for LibMTL."""
+    if _SHIM_NAME in sys.modules:
+        return
+    try:  # a torchvision that still has the module needs nothing
+        __import__(_SHIM_NAME)
+        return
+    except ImportError:
+        pass
+    shim = types.ModuleType(_SHIM_NAME)
+    shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
+    sys.modules[_SHIM_NAME] = shim
+
+
+def import_libmtl() -> types.ModuleType:
+    install_import_shim()
+    import LibMTL
+
+    return LibMTL
+
+
+import_libmtl()
+
+from LibMTL.architecture.abstract_arch import AbsArchitecture  # noqa: E402
+from LibMTL.weighting.abstract_weighting import AbsWeighting  # noqa: E402
+
+
+class CompatWeighting(AbsWeighting):
+    """``AbsWeighting`` with fixes 3, 7 and 11. Every weighting of the suite derives from it."""
+
+    #: whether ``backward`` needs one gradient per task of the shared parameters (or of the
+    #: representation); the engine then runs one forward per task in multi-input scenarios.
+    needs_task_gradients: bool = True
+
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:  # fix 7
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def _grad2vec(self) -> torch.Tensor:  # fix 11
+        grads = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+            for p in self.get_share_params()
+        ]
+        return torch.cat(grads) if grads else torch.zeros(0)
+
+    def _reset_grad(self, new_grads: torch.Tensor) -> None:  # fix 3
+        offset = 0
+        for param in self.get_share_params():
+            n = param.numel()
+            value = new_grads[offset : offset + n].reshape(param.shape).to(param.dtype).clone()
+            if param.grad is None:
+                param.grad = value
+            else:
+                param.grad.copy_(value)
+            offset += n
+
+
+class CompatArchitecture(AbsArchitecture):
+    """``AbsArchitecture`` with fixes 3 and 9, and a batch that may mix tasks (fix 8).
+
+    ``forward(inputs, task_name=None, task_ids=None)``:
+
+    * single-input scenarios: every task's decoder sees every sample (``task_ids`` is ``None``);
+    * multi-input scenarios: ``inputs`` holds the samples of several tasks and ``task_ids[n]`` is
+      the index of the task of sample ``n``; each decoder sees only its own task's rows. With
+      ``task_name`` given, the batch holds that task only (LibMTL's per-task forward).
+
+    Subclasses implement :meth:`encode`, which returns one representation for all tasks or a list
+    with one representation per task (rows aligned with ``inputs``).
+    """
+
+    def __init__(self, task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs):
+        super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+
+    def encode(
+        self, inputs: torch.Tensor, task_ids: torch.Tensor | None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        return self.encoder(inputs)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        task_name: str | None = None,
+        task_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if task_name is not None and task_ids is None and self.multi_input:
+            index = self.task_name.index(task_name)
+            task_ids = torch.full((inputs.shape[0],), index, dtype=torch.long, device=inputs.device)
+        rep = self.encode(inputs, task_ids)
+        per_task = isinstance(rep, list)
+        same_rep = not per_task and not self.multi_input  # fix 9
+        out: dict[str, torch.Tensor] = {}
+        for tn, task in enumerate(self.task_name):
+            if task_name is not None and task != task_name:
+                continue
+            task_rep = rep[tn] if per_task else rep
+            if self.multi_input and task_ids is not None and task_name is None:
+                task_rep = task_rep[task_ids == tn]
+            task_rep = self._prepare_rep(task_rep, task, same_rep)
+            out[task] = self.decoders[task](task_rep)
+        return out
+
+    def zero_grad_share_params(self) -> None:  # fix 3
+        for p in self.get_share_params():
+            if p.grad is not None:
+                p.grad.detach_()
+                p.grad.zero_()
+
+
+@dataclass(frozen=True)
+class WeightingSpec:
+    """A registered weighting: its class, explicit defaults and supported modes (fix 5)."""
+
+    cls: type
+    defaults: dict[str, Any] = field(default_factory=dict)
+    rep_grad: tuple[bool, ...] = (False,)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A registered architecture: its class, defaults, and what it needs of the scenario."""
+
+    cls: type
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    #: encoder protocol the architecture needs ("any", "staged", "conv", "swin")
+    needs_encoder: str = "any"
+    #: heterogeneity types it applies to (None: all)
+    scenarios: tuple[str, ...] | None = None
+    #: backbone it brings itself (e.g. MTLoRA's Swin); None: the scenario's backbone
+    backbone: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: True when the architecture may run all tasks' batches in one pass (fix 8)
+    supports_fused_multi_input: bool = True

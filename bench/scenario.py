@@ -1,0 +1,145 @@
+"""What a scenario declares: tasks, metrics and their direction, splits, backbone and training setup.
+
+A scenario plugin (one file in ``datasets/``) subclasses :class:`Scenario` and registers it with
+``@register_scenario("name")``. ``load(profile)`` returns :class:`ScenarioData` holding in-memory
+tensors with a fixed train/val/test split (independent of the run's seed).
+
+Model selection rule (all scenarios): the run reports test metrics at the epoch with the lowest
+mean validation task loss, as the MoLA reference implementation selects its checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from bench.metrics import METRICS
+
+Heterogeneity = Literal["domain", "multi_input", "single_input"]
+HETEROGENEITY_LABELS = {
+    "domain": "domain heterogeneity",
+    "multi_input": "multi-input task heterogeneity",
+    "single_input": "single-input task heterogeneity",
+}
+TaskKind = Literal["classification", "segmentation", "regression"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its kind, output size (classes or channels) and metrics (primary first)."""
+
+    name: str
+    kind: TaskKind
+    num_outputs: int
+    metrics: tuple[str, ...]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: unknown metrics {unknown}; known: {list(METRICS)}")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label or self.name,
+            "kind": self.kind,
+            "num_outputs": self.num_outputs,
+            "metrics": [
+                {"name": m, "label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better}
+                for m in self.metrics
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Optimisation settings of a scenario profile (methods may override some)."""
+
+    epochs: int
+    batch_size: int  # per task in multi-input scenarios
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine"] = "none"
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    """Inputs and per-task targets of one split.
+
+    Multi-input: ``inputs[task]`` and ``targets[task]`` are aligned per task.
+    Single-input: ``inputs`` is one tensor and every ``targets[task]`` is aligned with it.
+    """
+
+    inputs: torch.Tensor | dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+
+    def size(self, task: str) -> int:
+        x = self.inputs[task] if isinstance(self.inputs, dict) else self.inputs
+        return int(x.shape[0])
+
+
+@dataclass
+class ScenarioData:
+    name: str
+    heterogeneity: Heterogeneity
+    tasks: tuple[TaskSpec, ...]
+    input_shape: tuple[int, int, int]
+    train: Split
+    val: Split
+    test: Split
+    training: TrainingSetup
+    backbone: str = "resnet"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: all tasks share one label space (domain heterogeneity): Uniform uses one head
+    shared_label_space: bool = False
+    #: the leaderboard shows the mean of the primary metrics ("Avg") when it is meaningful
+    report_average: bool = True
+    description: str = ""
+
+    @property
+    def multi_input(self) -> bool:
+        return self.heterogeneity != "single_input"
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+class Scenario:
+    """Base class of scenario plugins."""
+
+    name: str = ""
+    description: str = ""
+    heterogeneity: Heterogeneity = "domain"
+    profiles: tuple[str, ...] = ("smoke", "default")
+    #: where the data comes from, shown by ``bench list scenarios``
+    source: str = ""
+
+    #: bump when the data a profile produces changes (part of every run's config hash)
+    data_version: str = "1"
+    #: the backbone the scenario's models use (known before loading, for planning checks)
+    backbone: str = "resnet"
+
+    def setup(self, profile: str) -> TrainingSetup:
+        """The training setup of ``profile`` (known without loading the data)."""
+        raise NotImplementedError
+
+    def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
+        raise NotImplementedError
+
+    def check_profile(self, profile: str) -> None:
+        if profile not in self.profiles:
+            raise ValueError(
+                f"scenario {self.name!r} has no profile {profile!r}; "
+                f"choose one of {', '.join(self.profiles)}"
+            )
