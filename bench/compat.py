@@ -122,9 +122,6 @@ class CompatArchitecture(AbsArchitecture):
     with one representation per task (rows aligned with ``inputs``).
     """
 
-    def __init__(self, task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs):
-        super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
-
     def encode(
         self, inputs: torch.Tensor, task_ids: torch.Tensor | None
     ) -> torch.Tensor | list[torch.Tensor]:

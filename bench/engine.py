@@ -159,6 +159,7 @@ class RunResult:
     param_breakdown: dict[str, int] | None
     forward_mode: str
     history: list[dict[str, float]]
+    tasks: list[dict[str, Any]]
 
 
 def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: TrainingSetup,
@@ -223,7 +224,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     model.load_state_dict(best_state)
     test_metrics, _ = evaluate(model, data, data.test, setup.eval_batch_size)
     return RunResult(best_val, test_metrics, best_epoch, setup.epochs, step, trainable, total,
-                     breakdown, forward_mode, history)
+                     breakdown, forward_mode, history, [t.describe() for t in data.tasks])
 
 
 def run_config(config: dict[str, Any], progress: Callable[[int, int], None] | None = None
@@ -236,3 +237,21 @@ def run_config(config: dict[str, Any], progress: Callable[[int, int], None] | No
     start = time.perf_counter()
     result = train(spec, scenario, data, setup, int(config["seed"]), progress)
     return result, time.perf_counter() - start
+
+
+PARAM_SCALING_TASKS = (2, 4, 6, 8, 10)
+
+
+def param_scaling(config: dict[str, Any], task_counts: tuple[int, ...] = PARAM_SCALING_TASKS
+                  ) -> dict[str, int]:
+    """Trainable parameters of the run's method built for ``T`` copies of the scenario's first
+    task, for each ``T`` in ``task_counts`` (the x-axis of MoLA Fig. 5)."""
+    spec = resolve_method(config["method"]).with_overrides(config.get("overrides"))
+    data = load_scenario(config["scenario"], config["profile"])
+    out: dict[str, int] = {}
+    first = data.tasks[0]
+    for count in task_counts:
+        tasks = tuple(replace(first, name=f"task{i}") for i in range(count))
+        clone = replace(data, tasks=tasks)
+        out[str(count)] = count_parameters(build_model(spec, clone))[0]
+    return out

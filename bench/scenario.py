@@ -1,4 +1,4 @@
-"""What a scenario declares: tasks, metrics and their direction, splits, backbone and training setup.
+"""What a scenario declares: tasks, metrics and direction, splits, backbone, training setup.
 
 A scenario plugin (one file in ``datasets/``) subclasses :class:`Scenario` and registers it with
 ``@register_scenario("name")``. ``load(profile)`` returns :class:`ScenarioData` holding in-memory
@@ -40,7 +40,8 @@ class TaskSpec:
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
-            raise ValueError(f"task {self.name!r}: unknown metrics {unknown}; known: {list(METRICS)}")
+            raise ValueError(
+                f"task {self.name!r}: unknown metrics {unknown}; known: {list(METRICS)}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -49,7 +50,8 @@ class TaskSpec:
             "kind": self.kind,
             "num_outputs": self.num_outputs,
             "metrics": [
-                {"name": m, "label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better}
+                {"name": m, "label": METRICS[m].label,
+                 "higher_is_better": METRICS[m].higher_is_better}
                 for m in self.metrics
             ],
         }

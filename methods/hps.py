@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.api import CompatArchitecture, CompatWeighting, register_architecture, \
-    register_method, register_weighting
+from bench.api import (
+    CompatArchitecture,
+    CompatWeighting,
+    register_architecture,
+    register_method,
+    register_weighting,
+)
 
 
 class HPS(CompatArchitecture):

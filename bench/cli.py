@@ -1,0 +1,273 @@
+"""``python -m bench``: list, run, leaderboard, results check, perf.
+
+Errors a user can fix (unknown names, impossible combinations, bad flags) end with one line on
+stderr naming the problem and the fix, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", "results"))
+DEFAULT_LEADERBOARD = Path("leaderboard.md")
+
+
+class UsageError(Exception):
+    """A problem with the command line; printed as one line, exit code 2."""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set takes KEY=VALUE (e.g. arch.rank=8), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------ list
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench import registry
+
+    reg = {
+        "methods": registry.methods,
+        "scenarios": registry.scenarios,
+        "architectures": registry.architectures,
+        "weightings": registry.weightings,
+        "ablations": registry.ablations,
+    }[args.what]
+    names = reg.list(args.pattern or "*")
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        extra = ""
+        if args.what == "scenarios":
+            from bench.scenario import HETEROGENEITY_LABELS
+
+            scen = reg.get(name)
+            extra = f"[{HETEROGENEITY_LABELS[scen.heterogeneity]}] "
+        print(f"{name:<{width}}  {extra}{reg.describe(name)}")
+    if not names:
+        print(f"no {args.what} match {args.pattern!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ run
+def _progress_bar(total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", dynamic_ncols=True,
+                disable=None, file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import plan as planning
+    from bench.sweep import execute, pending
+
+    seeds = _seeds(args.seeds)
+    methods = _csv(args.method)
+    scenarios = _csv(args.scenario)
+    overrides = _overrides(args.set)
+    if args.ablation:
+        the_plan = planning.expand_ablation(args.ablation, scenarios, seeds, args.profile)
+    else:
+        if not (args.all or methods or scenarios):
+            raise UsageError("nothing to run: use --all, or --method a,b and/or --scenario x,y")
+        the_plan = planning.expand(methods, scenarios, seeds, args.profile, run_all=args.all)
+        if overrides:
+            the_plan.runs = [planning.make_run(r.method, r.scenario, r.seed, r.profile, overrides,
+                                               _label(r.method, overrides)) for r in the_plan.runs]
+    if not the_plan.runs:
+        raise UsageError("the plan is empty: no method applies to the chosen scenarios")
+    results_dir = Path(args.results_dir)
+    todo = pending(the_plan.runs, results_dir)
+    print(f"plan: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
+          f"{len(todo)} to run) with --jobs {args.jobs}; results in {results_dir}/",
+          file=sys.stderr)
+    for method, scenario, reason in the_plan.skipped:
+        print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
+    if args.dry_run:
+        for run in the_plan.runs:
+            state = "todo" if run in todo else "done"
+            print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
+                  f"{run.config_hash[:12]}")
+        return 0
+    bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
+    failures = 0
+
+    def on_result(res: dict[str, Any]) -> None:
+        nonlocal failures
+        if res["status"] == "failed":
+            failures += 1
+            bar.write(f"FAILED {res['label']} on {res['scenario']} seed {res.get('seed')}: "
+                      f"{res.get('error')}")
+        elif res["status"] == "diverged":
+            bar.write(f"diverged {res['label']} on {res['scenario']} seed {res.get('seed')}")
+        bar.set_postfix_str(f"{res['label']}/{res['scenario']} failures={failures}")
+        bar.update(1)
+
+    start = time.perf_counter()
+    summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
+          f"{summary.count('diverged')} diverged, {summary.count('failed')} failed, "
+          f"{summary.count('busy')} claimed by another sweep, "
+          f"{summary.already_done + summary.count('skipped')} already done", file=sys.stderr)
+    if not args.no_leaderboard:
+        from bench.report import render
+
+        render(results_dir, Path(args.leaderboard))
+        print(f"leaderboard written to {args.leaderboard}", file=sys.stderr)
+    if summary.failures:
+        for res in summary.failures:
+            print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
+                  f"{res['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _label(method: str, overrides: dict[str, Any]) -> str:
+    inner = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(overrides.items()))
+    return f"{method}[{inner}]"
+
+
+# ------------------------------------------------------------------ leaderboard / results
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.report import render
+
+    _, bad = render(Path(args.results_dir), Path(args.output))
+    for b in bad:
+        print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from bench.records import load_records
+
+    good, bad = load_records(Path(args.results_dir))
+    by_status: dict[str, int] = {}
+    for rec in good:
+        by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(by_status.items()))
+    print(f"{len(good)} valid records ({counts}), {len(bad)} corrupt")
+    for b in bad:
+        print(f"corrupt: {b.path}: {b.problem}")
+    return 1 if bad else 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import main as perf_main
+
+    return perf_main(repeats=args.repeats)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark multi-task learning methods on heterogeneous data "
+                    "(domain, multi-input and single-input task heterogeneity, as in MoLA).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list methods, scenarios, architectures, weightings, ablations")
+    p.add_argument("what", choices=["methods", "scenarios", "architectures", "weightings",
+                                    "ablations"])
+    p.add_argument("pattern", nargs="?", help="glob pattern, e.g. 'mola*'")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "run", help="train methods × scenarios × seeds, write one record per run, "
+                    "regenerate the leaderboard",
+        description="Runs are keyed by a hash of their config: finished runs are skipped, so "
+                    "re-running the same command resumes an interrupted sweep.")
+    p.add_argument("--all", action="store_true",
+                   help="every registered method on every scenario it applies to")
+    p.add_argument("--method", help="comma-separated method names; 'A+B' = architecture of A "
+                                    "with the weighting of B (e.g. mmoe+pcgrad)")
+    p.add_argument("--scenario", help="comma-separated scenario names")
+    p.add_argument("--ablation", help="an ablation preset (see `list ablations`)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--profile", default="default",
+                   help="'smoke' (seconds, for tests), 'default' (the embedded benchmark)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="parallel runs (joblib); torch threads are split between them "
+                        "(default: number of cores)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hyper-parameter: arch.NAME, weighting.NAME or train.NAME "
+                        "(repeatable), e.g. --set weighting.calpha=0.4")
+    p.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+                   help="where records are written (default results/)")
+    p.add_argument("--leaderboard", default=str(DEFAULT_LEADERBOARD),
+                   help="leaderboard file regenerated at the end (default leaderboard.md)")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate it")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
+    p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
+    p.add_argument("--output", default=str(DEFAULT_LEADERBOARD))
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("results", help="inspect stored records")
+    p.add_argument("action", choices=["check"], help="check: report corrupt or truncated files")
+    p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
+    p.add_argument("--repeats", type=int, default=5)
+    p.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.method import IncompatibleError
+    from bench.registry import UnknownNameError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
+        parser.error("--jobs must be at least 1")
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, UnknownNameError, IncompatibleError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

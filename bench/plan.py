@@ -1,0 +1,162 @@
+"""Expand a request (``--all``, ``--method``, ``--scenario``, ``--seeds``, ``--ablation``)
+into runs.
+
+A run's identity is the SHA-256 of its canonical config (:func:`config_hash`): method identity
+(architecture, weighting, resolved hyper-parameters), scenario, its data version and training
+setup, seed, profile and the record schema version. The code version (git commit) is recorded
+but is *not* part of the key, so a sweep resumes across commits that do not change a config;
+bump ``SCHEMA_VERSION`` or a scenario's ``data_version`` to invalidate old records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.method import IncompatibleError, check_compatible, resolve_method
+from bench.registry import UnknownNameError, ablations, methods, scenarios
+from bench.scenario import Scenario
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    scenario: str
+    seed: int
+    profile: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    #: name shown in tables (the method, or an ablation variant such as ``mola_grad[r=8]``)
+    label: str = ""
+    ablation: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.method
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def build_config(method: str, scenario: str, seed: int, profile: str,
+                 overrides: dict[str, Any] | None = None, label: str = "",
+                 ablation: str | None = None) -> dict[str, Any]:
+    """The full, self-describing config of one run (validates names and compatibility)."""
+    spec = resolve_method(method).with_overrides(overrides)
+    scen: Scenario = scenarios.get(scenario)()
+    scen.check_profile(profile)
+    check_compatible(spec, scen)
+    setup = scen.setup(profile)
+    if spec.training_overrides:
+        unknown = set(spec.training_overrides) - set(setup.to_dict())
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; "
+                             f"known: {', '.join(setup.to_dict())}")
+        setup_dict = {**setup.to_dict(), **spec.training_overrides}
+    else:
+        setup_dict = setup.to_dict()
+    return {
+        "schema": SCHEMA_VERSION,
+        "method": method,
+        "label": label or method,
+        "ablation": ablation,
+        "scenario": scenario,
+        "scenario_data_version": scen.data_version,
+        "heterogeneity": scen.heterogeneity,
+        "seed": int(seed),
+        "profile": profile,
+        "overrides": dict(overrides or {}),
+        "method_identity": spec.identity(),
+        "training": setup_dict,
+    }
+
+
+def make_run(method: str, scenario: str, seed: int, profile: str,
+             overrides: dict[str, Any] | None = None, label: str = "",
+             ablation: str | None = None) -> RunSpec:
+    config = build_config(method, scenario, seed, profile, overrides, label, ablation)
+    return RunSpec(method, scenario, int(seed), profile, tuple(sorted((overrides or {}).items())),
+                   label or method, ablation, config)
+
+
+@dataclass
+class Plan:
+    runs: list[RunSpec]
+    #: (method, scenario, reason) combinations left out because they cannot run
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _names(requested: list[str] | None, registry: Any, everything: bool) -> list[str]:
+    if requested:
+        for name in requested:
+            if "+" in name:
+                resolve_method(name)
+            else:
+                registry.get(name)  # raises UnknownNameError with suggestions
+        return requested
+    if everything:
+        return registry.list()
+    raise ValueError(f"choose {registry.kind}s with --{registry.kind} a,b or use --all")
+
+
+def expand(method_names: list[str] | None, scenario_names: list[str] | None, seeds: list[int],
+           profile: str, run_all: bool = False) -> Plan:
+    """Cross methods × scenarios × seeds. With ``--all`` (or a wildcard side), combinations that
+    cannot run are skipped and listed; when both sides are explicit they are errors."""
+    method_list = _names(method_names, methods, run_all)
+    scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
+    explicit = bool(method_names) and bool(scenario_names)
+    plan = Plan([])
+    for scenario in scenario_list:
+        scen = scenarios.get(scenario)()
+        if profile not in scen.profiles:
+            if scenario_names:
+                scen.check_profile(profile)
+            plan.skipped.append(("*", scenario, f"no profile {profile!r}"))
+            continue
+        for method in method_list:
+            try:
+                check_compatible(resolve_method(method), scen)
+            except IncompatibleError as err:
+                if explicit:
+                    raise
+                plan.skipped.append((method, scenario, str(err)))
+                continue
+            for seed in seeds:
+                plan.runs.append(make_run(method, scenario, seed, profile))
+    return plan
+
+
+def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int],
+                    profile: str) -> Plan:
+    """An ablation preset: a list of ``(label, method, overrides)`` variants on its scenarios."""
+    preset = ablations.get(name)
+    scenario_list = scenario_names or list(preset.scenarios)
+    plan = Plan([])
+    for scenario in scenario_list:
+        scen = scenarios.get(scenario)()
+        for label, method, overrides in preset.variants:
+            try:
+                check_compatible(resolve_method(method).with_overrides(overrides), scen)
+            except IncompatibleError as err:
+                plan.skipped.append((label, scenario, str(err)))
+                continue
+            for seed in seeds:
+                plan.runs.append(make_run(method, scenario, seed, profile, overrides, label, name))
+    return plan
+
+
+__all__ = ["Plan", "RunSpec", "UnknownNameError", "expand", "expand_ablation", "make_run"]

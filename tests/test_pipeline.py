@@ -1,0 +1,179 @@
+"""Registry, plan, records, resume, CLI errors, leaderboard determinism and Δm%."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+from bench.cli import main
+from bench.plan import expand, make_run
+from bench.records import load_records, write_json_atomic
+from bench.report import delta_m, render
+
+SCENARIO = "digits_domains"
+
+
+def test_registry_lists_required_methods_and_suggests_names() -> None:
+    names = registry.methods.list()
+    for required in ("hps", "single_task", "uniform"):
+        assert required in names
+    assert registry.methods.list("single*") == ["single_task"]
+    with pytest.raises(registry.UnknownNameError, match="did you mean hps"):
+        registry.methods.get("hsp")
+
+
+def test_cli_unknown_method_exits_2_with_one_line_and_writes_nothing(tmp_path: Path,
+                                                                     capsys) -> None:
+    code = main(["run", "--method", "pcgrd", "--scenario", SCENARIO, "--profile", "smoke",
+                 "--results-dir", str(tmp_path / "r"), "--leaderboard", str(tmp_path / "lb.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "unknown method 'pcgrd'" in err[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "lb.md").exists()
+
+
+def test_cli_unknown_scenario_and_bad_seeds(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--method", "hps", "--scenario", "digits_domain", "--results-dir",
+                 str(tmp_path)]) == 2
+    assert "did you mean digits_domains" in capsys.readouterr().err
+    assert main(["run", "--method", "hps", "--seeds", "a,b", "--results-dir", str(tmp_path)]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a = make_run("hps", SCENARIO, 0, "smoke")
+    b = make_run("hps", SCENARIO, 0, "smoke")
+    c = make_run("hps", SCENARIO, 1, "smoke")
+    d = make_run("hps", SCENARIO, 0, "smoke", {"train.lr": 0.01})
+    assert a.config_hash == b.config_hash
+    assert len({a.config_hash, c.config_hash, d.config_hash}) == 3
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "x" / "rec.json"
+
+    class Boom:
+        pass
+
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"bad": Boom()})
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def _smoke(tmp_path: Path, *extra: str) -> int:
+    return main(["run", "--method", "hps,single_task", "--scenario", SCENARIO, "--seeds", "0,1",
+                 "--profile", "smoke", "--jobs", "1", "--results-dir", str(tmp_path / "results"),
+                 "--leaderboard", str(tmp_path / "leaderboard.md"), *extra])
+
+
+def test_smoke_sweep_records_resume_and_deterministic_leaderboard(tmp_path: Path,
+                                                                  capsys) -> None:
+    assert _smoke(tmp_path) == 0
+    records, bad = load_records(tmp_path / "results")
+    assert not bad and len(records) == 4
+    for rec in records:
+        assert rec["status"] == "ok"
+        for key in ("config", "config_hash", "metrics", "trainable_params", "total_params",
+                    "wall_time_s", "versions", "param_scaling"):
+            assert rec[key] is not None
+        assert set(rec["versions"]) >= {"python", "torch", "LibMTL", "git_commit"}
+        assert set(rec["metrics"]) == {"val", "test"}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}
+    capsys.readouterr()
+    assert _smoke(tmp_path) == 0  # resume: nothing re-run
+    assert "0 to run" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")} == mtimes
+    first = (tmp_path / "leaderboard.md").read_bytes()
+    png = sorted((tmp_path / "results" / "plots").glob("*.png"))
+    assert png, "parameter-count plot missing"
+    png_bytes = png[0].read_bytes()
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--output",
+                 str(tmp_path / "leaderboard.md")]) == 0
+    assert (tmp_path / "leaderboard.md").read_bytes() == first
+    assert png[0].read_bytes() == png_bytes
+    text = first.decode()
+    assert "single_task" in text and "Δm%" in text and "| hps |" in text
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    from bench.engine import run_config
+
+    run = make_run("hps", SCENARIO, 3, "smoke")
+    a, _ = run_config(run.config)
+    b, _ = run_config(run.config)
+    assert a.test_metrics == b.test_metrics
+
+
+def test_corrupt_record_is_reported_and_skipped(tmp_path: Path, capsys) -> None:
+    assert _smoke(tmp_path) == 0
+    victim = sorted((tmp_path / "results").rglob("*.json"))[0]
+    victim.write_text(victim.read_text()[:50])
+    assert main(["results", "check", "--results-dir", str(tmp_path / "results")]) == 1
+    assert "corrupt" in capsys.readouterr().out
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--output",
+                 str(tmp_path / "lb.md")]) == 0
+    assert "warning: skipped" in capsys.readouterr().err
+
+
+def test_delta_m_reproduces_mola_table5_hsp_row() -> None:
+    """MoLA Table 5 (NYUv2): HSP against Single-task has Δm% = 4.72."""
+    tasks = [
+        {"name": "seg", "metrics": [{"name": "miou", "higher_is_better": True},
+                                    {"name": "pix", "higher_is_better": True}]},
+        {"name": "depth", "metrics": [{"name": "abs", "higher_is_better": False},
+                                      {"name": "rel", "higher_is_better": False}]},
+        {"name": "normal", "metrics": [{"name": "mean", "higher_is_better": False},
+                                       {"name": "median", "higher_is_better": False},
+                                       {"name": "11", "higher_is_better": True},
+                                       {"name": "22", "higher_is_better": True},
+                                       {"name": "30", "higher_is_better": True}]},
+    ]
+    single = {"seg": {"miou": 49.37, "pix": 72.03}, "depth": {"abs": 0.52, "rel": 0.24},
+              "normal": {"mean": 22.97, "median": 16.94, "11": 0.34, "22": 0.62, "30": 0.73}}
+    hsp = {"seg": {"miou": 45.21, "pix": 69.70}, "depth": {"abs": 0.49, "rel": 0.21},
+           "normal": {"mean": 26.10, "median": 21.08, "11": 0.26, "22": 0.52, "30": 0.66}}
+    assert delta_m(hsp, single, tasks) == pytest.approx(4.72, abs=0.006)
+    assert delta_m(single, single, tasks) == 0.0
+
+
+def test_plugin_file_in_extra_folder_runs_through_a_sweep(tmp_path: Path, monkeypatch) -> None:
+    plugins = tmp_path / "my_methods"
+    plugins.mkdir()
+    (plugins / "my_hps_sum.py").write_text(textwrap.dedent('''
+        """HPS with the mean of the task losses (a user's plugin)."""
+        import numpy as np
+        from bench.api import CompatWeighting, register_method, register_weighting
+
+        class MeanLoss(CompatWeighting):
+            needs_task_gradients = False
+
+            def backward(self, losses, **kwargs):
+                losses.mean().backward()
+                return np.full(self.task_num, 1.0 / self.task_num)
+
+        register_weighting("mean_loss", MeanLoss, description="mean of task losses")
+        register_method("hps_mean", architecture="hps", weighting="mean_loss",
+                        description="HPS with averaged losses")
+    '''))
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
+    assert "hps_mean" in registry.methods.list()
+    plan = expand(["hps_mean", "hps_mean+ew"], [SCENARIO], [0], "smoke")
+    assert len(plan.runs) == 2
+    assert main(["run", "--method", "hps_mean", "--scenario", SCENARIO, "--seeds", "0",
+                 "--profile", "smoke", "--jobs", "1", "--results-dir", str(tmp_path / "r"),
+                 "--no-leaderboard"]) == 0
+    records, _ = load_records(tmp_path / "r")
+    assert [r["method"] for r in records] == ["hps_mean"]
+
+
+def test_leaderboard_with_no_records(tmp_path: Path) -> None:
+    text, bad = render(tmp_path / "empty", tmp_path / "lb.md")
+    assert "No records yet" in text and not bad
