@@ -115,6 +115,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for method, scenario, reason in the_plan.skipped:
         print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
     if args.dry_run:
+        estimate = _estimate_seconds(todo, results_dir)
+        if estimate is not None:
+            print(f"estimated cost of the {len(todo)} runs to do: {estimate / 60:.1f} min of "
+                  f"single-run time (from earlier records), ~{estimate / 60 / args.jobs:.1f} min "
+                  f"with --jobs {args.jobs}", file=sys.stderr)
         for run in the_plan.runs:
             state = "todo" if run in todo else "done"
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
@@ -153,6 +158,32 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"{res['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _estimate_seconds(runs: list[Any], results_dir: Path) -> float | None:
+    """Sum of the median wall time of earlier records of the same (scenario, label, profile),
+    falling back to the median over the scenario and profile."""
+    import statistics
+
+    from bench.records import load_records
+
+    records, _ = load_records(results_dir)
+    exact: dict[tuple[str, str, str], list[float]] = {}
+    loose: dict[tuple[str, str], list[float]] = {}
+    for rec in records:
+        if rec.get("wall_time_s"):
+            exact.setdefault((rec["scenario"], rec["label"], rec["profile"]), []).append(
+                rec["wall_time_s"])
+            loose.setdefault((rec["scenario"], rec["profile"]), []).append(rec["wall_time_s"])
+    if not records:
+        return None
+    total = 0.0
+    for run in runs:
+        times = exact.get((run.scenario, run.display, run.profile)) or loose.get(
+            (run.scenario, run.profile))
+        if times:
+            total += statistics.median(times)
+    return total
 
 
 def _label(method: str, overrides: dict[str, Any]) -> str:

@@ -6,8 +6,10 @@
   is False) all tasks' batches go through the shared encoder in **one** forward pass (the
   architecture routes each row to its task's decoder); otherwise one forward per task, as LibMTL's
   Trainer does, so that each per-task backward only traverses its own task's graph.
-* Model selection: test metrics are reported at the epoch with the lowest mean validation task
-  loss (the rule of the MoLA reference implementation).
+* Model selection: test metrics are reported at the epoch with the lowest validation score
+  ``mean_t L_t(epoch) / L_t(first epoch)`` — the MoLA reference selects the lowest validation
+  loss; normalising each task's loss by its first-epoch value keeps one task's loss scale (e.g. a
+  cross-entropy next to an L1 depth loss) from deciding the epoch alone.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def compute_losses(model: nn.Module, data: ScenarioData, split: Split,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
-             ) -> tuple[dict[str, dict[str, float]], float]:
-    """Metrics per task and the mean (over tasks) of the mean task loss on ``split``."""
+             ) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Metrics per task and the mean loss of each task on ``split``."""
     model.eval()
     metrics: dict[str, dict[str, float]] = {}
     losses = []
@@ -144,7 +146,7 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
     for t in data.task_names:
         metrics[t] = {m: acc.compute() for m, acc in accs[t].items()}
         losses.append(loss_sums[t] / max(counts[t], 1))
-    return metrics, float(np.mean(losses))
+    return metrics, losses
 
 
 @dataclass
@@ -187,6 +189,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         shared = TaskSampler(data.train.size(names[0]), gen)
         steps_per_epoch = math.ceil(data.train.size(names[0]) / setup.batch_size)
     best_loss, best_epoch, best_state = math.inf, -1, None
+    reference: list[float] | None = None
     best_val: dict[str, dict[str, float]] = {}
     history: list[dict[str, float]] = []
     step = 0
@@ -213,10 +216,14 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
                 progress(step, total_steps)
         if scheduler is not None:
             scheduler.step()
-        val_metrics, val_loss = evaluate(model, data, data.val, setup.eval_batch_size)
-        if not math.isfinite(val_loss):
-            raise DivergedError(step, [val_loss])
-        history.append({"epoch": epoch, "val_loss": val_loss})
+        val_metrics, task_losses = evaluate(model, data, data.val, setup.eval_batch_size)
+        if not all(math.isfinite(v) for v in task_losses):
+            raise DivergedError(step, task_losses)
+        if reference is None:
+            reference = [max(v, 1e-12) for v in task_losses]
+        val_loss = float(np.mean([v / r for v, r in zip(task_losses, reference)]))
+        history.append({"epoch": epoch, "val_score": round(val_loss, 6),
+                        "val_task_losses": [round(v, 6) for v in task_losses]})
         if val_loss < best_loss:
             best_loss, best_epoch, best_val = val_loss, epoch, val_metrics
             best_state = copy.deepcopy(model.state_dict())

@@ -148,6 +148,8 @@ def load_plugin_dir(folder: Path) -> None:
 def load_plugins() -> None:
     """Load the plugin folders and the entry points (idempotent, cheap after the first call)."""
     global _ENTRY_POINTS_LOADED
+    import bench.ablations  # noqa: F401  (registers the built-in ablation presets)
+
     for folder in plugin_dirs():
         load_plugin_dir(folder)
     if not _ENTRY_POINTS_LOADED:

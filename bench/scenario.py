@@ -5,7 +5,7 @@ A scenario plugin (one file in ``datasets/``) subclasses :class:`Scenario` and r
 tensors with a fixed train/val/test split (independent of the run's seed).
 
 Model selection rule (all scenarios): the run reports test metrics at the epoch with the lowest
-mean validation task loss, as the MoLA reference implementation selects its checkpoint.
+validation score ``mean_t L_t / L_t(first epoch)`` (see :mod:`bench.engine`).
 """
 
 from __future__ import annotations

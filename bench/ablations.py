@@ -1,0 +1,68 @@
+"""Ablation presets: the papers' ablation axes as sweeps (``python -m bench run --ablation NAME``).
+
+Each preset is a list of variants ``(label, method, overrides)`` run on its scenarios; the
+leaderboard renders each preset as its own table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.registry import ablations
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    description: str
+    scenarios: tuple[str, ...]
+    variants: tuple[tuple[str, str, dict[str, Any]], ...]
+
+
+def register_ablation(name: str, description: str, scenarios: tuple[str, ...],
+                      variants: list[tuple[str, str, dict[str, Any]]]) -> Ablation:
+    preset = Ablation(name, description, scenarios, tuple(variants))
+    ablations.add(name, preset, description)
+    return preset
+
+
+def _axis(method: str, key: str, values: list[Any], short: str) -> list[tuple[str, str, dict]]:
+    return [(f"{method}[{short}={_text(v)}]", method, {key: v}) for v in values]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(str(v + 1) if isinstance(v, int) else str(v) for v in value)
+    return str(value)
+
+
+register_ablation(
+    "mola_rank", "MoLA rank r of every adapter (MoLA Table 6: r = 1, 4, 8, 16, 64)",
+    ("digits_domains",),
+    _axis("mola_grad", "arch.rank", [1, 4, 8, 16, 64], "r")
+    + _axis("mola_router", "arch.rank", [1, 4, 8, 16, 64], "r"),
+)
+register_ablation(
+    "mola_placement",
+    "MoLA-Grad placement: which ResNet blocks carry adapters (MoLA Table 7; Block k = stage k)",
+    ("digits_scene",),
+    [("hps (without MoLA)", "hps", {})]
+    + _axis("mola_grad", "arch.placement",
+            [[0], [1], [2], [3], [0, 1], [2, 3], [0, 1, 2], [1, 2, 3], [0, 1, 2, 3]], "block"),
+)
+register_ablation(
+    "mola_twd", "MoLA-Router with and without the Task-wise Decorrelation loss (MoLA §5.5, Fig. 6)",
+    ("digits_domains", "digits_tasks"),
+    _axis("mola_router", "arch.twd_weight", [0.0, 0.1], "lambda"),
+)
+register_ablation(
+    "mola_dim", "dimension d of the TwD feature map (MoLA Table 10: d = 32, 64, 128)",
+    ("digits_domains",),
+    _axis("mola_router", "arch.twd_dim", [32, 64, 128], "d"),
+)
+register_ablation(
+    "mola_experts", "number of adapters K of MoLA-Router (MoLA Table 11: K = 2, 3, 4)",
+    ("digits_domains",),
+    _axis("mola_router", "arch.num_adapters", [2, 3, 4], "K"),
+)
