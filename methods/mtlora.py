@@ -1,0 +1,31 @@
+"""MTLoRA — task-agnostic and task-specific low-rank adaptation of a Swin backbone (CVPR 2024).
+
+Agiza, Neseem and Reda, "MTLoRA: A Low-Rank Adaptation Approach for Efficient Multi-Task
+Learning", CVPR 2024. Implemented here:
+
+* §3.2, Eq. 1-2: TA-LoRA (shared, rank ``rank``) on QKV, attention projection, FC1 and FC2 of every
+  Swin block; TS-LoRA (per task, rank ``task_rank``) on projection, FC1 and FC2 of the last block
+  of each stage (QKV stays shared), see :class:`bench.mtlora.MTLoRALinear`;
+* §3.3: the task-specific outputs of each stage's last block are the multi-scale features that the
+  task's HRNet-style decoder fuses (:class:`bench.mtlora.HRNetHead`);
+* §3.4: trained besides LoRA: patch embedding, patch merging, LayerNorms, relative position bias
+  tables; the pre-trained weights are frozen. MTLoRA+ (``methods/mtlora_plus.py``) replaces the
+  trained patch-merging reduction by a low-rank module on it.
+* Eq. 4: the loss is the (equal-weight, ``ew``) sum of the task losses.
+
+Multi-input scenarios run all rows through the shared backbone once; task ``t``'s TS-LoRA stream is
+computed on task ``t``'s rows only and its decoder sees only those rows.
+"""
+
+from __future__ import annotations
+
+from bench.api import register_architecture, register_method
+from bench.mtlora import DEFAULTS, MTLoRA
+
+register_architecture(
+    "mtlora", MTLoRA, description="Swin + TA-LoRA / TS-LoRA, multi-scale task decoders",
+    defaults=dict(DEFAULTS), backbone="swin_embedded", needs_encoder="swin")
+register_method(
+    "mtlora", architecture="mtlora", weighting="ew",
+    description="MTLoRA: shared + task-specific low-rank adapters on a frozen Swin",
+    paper="Agiza et al., MTLoRA, CVPR 2024 (§3.2-3.4, Eq. 1-2, 4)")

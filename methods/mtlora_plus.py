@@ -1,0 +1,24 @@
+"""MTLoRA+ — MTLoRA with low-rank modules on patch merging instead of training it (CVPR 2024).
+
+Agiza, Neseem and Reda, "MTLoRA: A Low-Rank Adaptation Approach for Efficient Multi-Task
+Learning", CVPR 2024, §3.4 (last paragraph) and Table 1: as MTLoRA (``methods/mtlora.py``), but
+each patch-merging reduction stays frozen and gets a low-rank module of the stage's shared rank
+(its LayerNorm is still trained). The released MTLoRA+ configurations use the same rank for the
+shared and the task-specific modules (4 / 8 / 16 for the 2.57M / 3.15M / 4.29M rows of Table 1);
+the embedded default is 4 for both (the backbone is 4x narrower than Swin-T).
+"""
+
+from __future__ import annotations
+
+from bench.api import register_architecture, register_method
+from bench.mtlora import DEFAULTS, MTLoRAPlus
+
+register_architecture(
+    "mtlora_plus", MTLoRAPlus,
+    description="MTLoRA with low-rank patch merging instead of a trained reduction",
+    defaults={**DEFAULTS, "rank": 4, "task_rank": 4}, backbone="swin_embedded",
+    needs_encoder="swin")
+register_method(
+    "mtlora_plus", architecture="mtlora_plus", weighting="ew",
+    description="MTLoRA+: MTLoRA with low-rank modules on patch merging",
+    paper="Agiza et al., MTLoRA, CVPR 2024 (§3.4, Table 1)")
