@@ -28,15 +28,23 @@ is numbered; ``tests/test_compat.py`` has one test per fix, which fails on unpat
    that does not override it *calls* it with no arguments. -> :class:`CompatWeighting` declares a
    plain abstract method.
 8. LibMTL's ``Trainer`` runs one forward pass per task in multi-input mode. -> the engine
-   (:mod:`bench.engine`) runs all tasks' batches through the shared encoder in one pass where the
-   weighting only needs the summed loss.
+   (:mod:`bench.engine`) runs all tasks' batches through the shared encoder in one pass for every
+   method (``train.forward=per_task`` keeps LibMTL's behaviour).
 9. ``AbsArchitecture.forward`` tests ``isinstance(s_rep, list) and not multi_input`` for "all
    tasks share one representation" — the condition is inverted. -> :class:`CompatArchitecture`
    computes it correctly.
-10. ``MGDA._find_min_norm_element`` falls off its loop and returns ``None`` when the Frank-Wolfe
-    solver has not converged after 250 iterations. -> ``methods/mgda.py`` returns the last iterate.
+10. ``MGDA._find_min_norm_element`` never increments ``iter_count`` in its
+    ``while iter_count < MAX_ITER`` loop: a problem that does not meet the stop criterion (e.g. a
+    Gram matrix that overflows float32) loops forever (were the loop bounded, it would fall off
+    and return ``None``). -> ``methods/mgda.py`` has its own solver, bounded to 250 iterations,
+    which returns the last iterate.
 11. ``AbsWeighting._grad2vec`` allocates its buffer on the CPU whatever ``self.device`` is.
     -> :class:`CompatWeighting` allocates on the parameters' device.
+12. DWA and GradNorm read ``self.epoch`` and ``self.train_loss_buffer`` (per-task mean training
+    loss of each epoch), which LibMTL's ``Trainer`` writes into the model; our engine does not.
+    -> :class:`EpochLossTracker` keeps both itself: it averages the losses passed to ``backward``
+    and closes an epoch when the model goes back to training mode after an evaluation (the engine
+    calls ``model.eval()`` at the end of every epoch and ``model.train()`` at the next start).
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ class CompatWeighting(AbsWeighting):
     """``AbsWeighting`` with fixes 3, 7 and 11. Every weighting of the suite derives from it."""
 
     #: whether ``backward`` needs one gradient per task of the shared parameters (or of the
-    #: representation); the engine then runs one forward per task in multi-input scenarios.
+    #: representation), i.e. T backward passes per step (documentation and cost estimates).
     needs_task_gradients: bool = True
 
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:  # fix 7
@@ -106,6 +114,46 @@ class CompatWeighting(AbsWeighting):
             else:
                 param.grad.copy_(value)
             offset += n
+
+
+class EpochLossTracker:
+    """Fix 12: ``self.epoch`` and ``self.train_loss_buffer`` as LibMTL's ``Trainer`` provides them.
+
+    Mix it in before the weighting and call :meth:`record_losses` at the start of ``backward``.
+    ``train_loss_buffer[t, e]`` is the mean loss of task ``t`` over the steps of epoch ``e``.
+    """
+
+    def _tracker_state(self) -> dict[str, Any]:
+        state = self.__dict__.get("_epoch_tracker")
+        if state is None:
+            state = {"sum": None, "count": 0, "closed": []}
+            self.__dict__["_epoch_tracker"] = state
+            self.__dict__["epoch"] = 0
+            self.__dict__["train_loss_buffer"] = np.zeros((0, 0))
+        return state
+
+    def record_losses(self, losses: torch.Tensor) -> None:
+        state = self._tracker_state()
+        values = torch.stack([loss.detach() for loss in losses]).double().cpu().numpy()
+        state["sum"] = values if state["sum"] is None else state["sum"] + values
+        state["count"] += 1
+        # the running mean of the current epoch is visible as its column (LibMTL fills it last)
+        self.__dict__["train_loss_buffer"] = np.stack(
+            [*state["closed"], state["sum"] / state["count"]], axis=1)
+
+    def close_epoch(self) -> None:
+        state = self._tracker_state()
+        if state["count"] == 0:
+            return
+        state["closed"].append(state["sum"] / state["count"])
+        state["sum"], state["count"] = None, 0
+        self.__dict__["train_loss_buffer"] = np.stack(state["closed"], axis=1)
+        self.__dict__["epoch"] = len(state["closed"])
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        if mode and not getattr(self, "training", True):
+            self.close_epoch()
+        return super().train(mode)  # type: ignore[misc]
 
 
 class CompatArchitecture(AbsArchitecture):

@@ -173,6 +173,10 @@ class SwinBackbone(nn.Module):
 
 @backbones.register("swin_embedded", description="CPU-sized timm Swin (32px, window 2)")
 def swin_embedded(in_channels: int = 1, input_shape: Any = None, **kwargs: Any) -> SwinBackbone:
+    """Patch 2, window 2, width 24, depths 1-1-2-1; ``img_size`` defaults to the input's size
+    (no resizing: 16x16 inputs give 8x8 tokens, stages at 8, 4, 2, 1)."""
+    if "img_size" not in kwargs and input_shape is not None:
+        kwargs["img_size"] = max(int(input_shape[-1]), int(input_shape[-2]))
     return SwinBackbone(in_channels=in_channels, **kwargs)
 
 

@@ -54,10 +54,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _fmt(value: float) -> str:
+def _decimals(value: float) -> int:
+    return 2 if abs(value) >= 10 else 3
+
+
+def _fmt(value: float, decimals: int | None = None) -> str:
     if not math.isfinite(value):
         return "nan"
-    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+    return f"{value:.{_decimals(value) if decimals is None else decimals}f}"
 
 
 def _fmt_params(n: float | None) -> str:
@@ -156,7 +160,8 @@ def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
             if value is None:
                 cells.append("-")
                 continue
-            text = f"{_fmt(value[0])} ± {_fmt(value[1])}"
+            decimals = _decimals(value[0])
+            text = f"{_fmt(value[0], decimals)} ± {_fmt(value[1], decimals)}"
             cells.append(f"**{text}**" if row.label == best_label and len(rows) > 1 else text)
         cells += [_fmt_params(row.trainable), str(len(row.seeds))]
         lines.append("| " + " | ".join(cells) + " |")

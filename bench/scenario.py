@@ -69,6 +69,9 @@ class TrainingSetup:
     momentum: float = 0.9
     scheduler: Literal["none", "cosine"] = "none"
     eval_batch_size: int = 512
+    #: multi-input scenarios: "fused" = all tasks' batches in one forward pass (default, for
+    #: every method alike); "per_task" = one forward per task, as LibMTL's Trainer does
+    forward: Literal["fused", "per_task"] = "fused"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

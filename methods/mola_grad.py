@@ -14,8 +14,11 @@ by task (same result, a plain convolution's cost; see :func:`bench.mola.mola_con
   The un-adapted prefix (stem and the stages before the first adapted one) is computed once; only
   the stages from the first adapted one on are run once per task. This is the only reading of
   "task identifier ⇒ adapter" when a sample has no single task, and keeps the gradient isolation
-  (the loss of task ``t`` reaches adapter ``t`` only). The adapted stages' BatchNorm layers are
-  shared by the T paths (their running statistics average over the paths).
+  (the loss of task ``t`` reaches adapter ``t`` only, up to BatchNorm coupling). The T paths run
+  as one batch of T tagged copies through the adapted stages, so their shared BatchNorm layers
+  normalise with statistics of all paths in training exactly as their running statistics do at
+  test time (running the paths one after another made the running statistics an average that
+  no path saw in training, and collapsed the test metrics).
 
 Gradient isolation is exact for the convolution weights; in a training-mode forward of a batch
 mixing tasks (the engine's fused multi-input pass, and the reference's mixed batches), BatchNorm's
@@ -56,12 +59,15 @@ class MoLAGrad(MoLAArchitecture):
             h = self.shared_prefix(inputs)
             with mixture(self.mola, task_ids=task_ids):
                 return self.adapted_suffix(h)
+        # single input: T copies of the prefix features, copy t tagged with task t, run through
+        # the adapted stages in ONE pass (BatchNorm sees all T paths together, in training and
+        # in eval mode alike), then split back into one representation per task.
         h = self.shared_prefix(inputs)
-        reps = []
-        for t in range(len(self.task_name)):
-            with mixture(self.mola, task=t):
-                reps.append(self.adapted_suffix(h))
-        return reps
+        num_tasks, n = len(self.task_name), h.shape[0]
+        ids = torch.arange(num_tasks, device=h.device).repeat_interleave(n)
+        with mixture(self.mola, task_ids=ids):
+            out = self.adapted_suffix(h.repeat(num_tasks, *([1] * (h.dim() - 1))))
+        return list(out.split(n))
 
 
 _DEFAULTS: dict[str, Any] = {"placement": [3], "rank": 4, "alpha": 16.0, "path": "auto"}

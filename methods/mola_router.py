@@ -87,12 +87,12 @@ class MoLARouter(MoLAArchitecture):
         scores = scores.view(n, tasks, self.num_adapters)
         labels = torch.arange(tasks, device=inputs.device).repeat(n)
         self._store(scores.reshape(n * tasks, self.num_adapters), labels)
-        gates = torch.softmax(scores, dim=2)
-        reps = []
-        for t in range(tasks):
-            with mixture(self.mola, weights=gates[:, t]):
-                reps.append(self.adapted_suffix(h))
-        return reps
+        # T tagged copies through the adapted stages in one pass, so that BatchNorm normalises
+        # the T paths together in training exactly as its running statistics do at test time
+        gates = torch.softmax(scores, dim=2).transpose(0, 1).reshape(tasks * n, self.num_adapters)
+        with mixture(self.mola, weights=gates):
+            out = self.adapted_suffix(h.repeat(tasks, *([1] * (h.dim() - 1))))
+        return list(out.split(n))
 
     def twd_features(self, scores: torch.Tensor) -> torch.Tensor:
         x = torch.softmax(scores, dim=1) if self.twd_input == "gates" else scores

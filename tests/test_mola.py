@@ -182,6 +182,7 @@ def test_mola_grad_gradient_isolation_single_input() -> None:
     data = single_input_data()
     model = build_model(resolve_method("mola_grad"), data)
     _randomise_adapters(model)
+    model.eval()  # the T paths share BatchNorm: batch statistics would couple them in training
     reps = model.encode(data.train.inputs[:4], None)  # type: ignore[index]
     assert isinstance(reps, list) and len(reps) == 3
     assert not torch.allclose(reps[0], reps[1])
@@ -270,8 +271,7 @@ def test_smoke_training(method: str, kind: str) -> None:
     assert sum(result.param_breakdown.values()) == result.total_params
     if "router" in method:
         assert result.param_breakdown["router"] > 0
-        expected = "per_task" if "+" in method and kind == "multi_input" else (
-            "fused" if kind == "multi_input" else "single_input")
+        expected = "fused" if kind == "multi_input" else "single_input"
         assert result.forward_mode == expected
 
 
