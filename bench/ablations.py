@@ -66,3 +66,10 @@ register_ablation(
     ("digits_domains",),
     _axis("mola_router", "arch.num_adapters", [2, 3, 4], "K"),
 )
+register_ablation(
+    "mtlora_rank",
+    "MTLoRA shared (TA-LoRA) rank at task rank 4 (MTLoRA Table 1: 16/32/64 on Swin-T; "
+    "scaled to the embedded Swin's width)",
+    ("digits_scene",),
+    _axis("mtlora", "arch.rank", [2, 4, 8, 16], "r"),
+)
