@@ -168,6 +168,12 @@ def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
     return lines
 
 
+def _close(a: list[tuple[int, int]], b: list[tuple[int, int]], rel: float = 0.01) -> bool:
+    """Same task counts and parameter counts within ``rel`` (e.g. a few loss-scale weights)."""
+    return [x for x, _ in a] == [x for x, _ in b] and all(
+        abs(u - v) <= rel * max(u, v) for (_, u), (_, v) in zip(a, b))
+
+
 def _param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
     import matplotlib
 
@@ -175,25 +181,38 @@ def _param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    curves = {}
+    # one curve per architecture (MoLA Fig. 5): weightings do not change the parameter count
+    curves: dict[str, list[tuple[int, int]]] = {}
+    users: dict[str, list[str]] = defaultdict(list)
     for label in sorted(by_label):
-        scaling = next((r.get("param_scaling") for r in sorted(by_label[label],
-                        key=lambda r: r["seed"]) if r.get("param_scaling")), None)
-        if scaling:
-            curves[label] = sorted((int(k), v) for k, v in scaling.items())
+        recs = sorted(by_label[label], key=lambda r: r["seed"])
+        scaling = next((r.get("param_scaling") for r in recs if r.get("param_scaling")), None)
+        if not scaling:
+            continue
+        arch = recs[0]["config"].get("method_identity", {}).get("architecture", label)
+        points = sorted((int(k), v) for k, v in scaling.items())
+        key = arch if _close(curves.get(arch, points), points) else label
+        curves[key] = points
+        users[key].append(label)
     if not curves:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    palette = sns.color_palette("tab20", len(curves))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for color, (label, points) in zip(palette, curves.items()):
-        ax.plot([p[0] for p in points], [p[1] / 1e6 for p in points], marker="o", ms=3,
-                label=label, color=color)
+    palette = sns.color_palette("tab10", len(curves))
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "D", "v"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for i, (color, (key, points)) in enumerate(zip(palette, curves.items())):
+        shared = users[key]
+        name = key if shared == [key] else f"{key} ({len(shared)} methods)" if len(
+            shared) > 3 else f"{key}: {', '.join(shared)}"
+        ax.plot([p[0] for p in points], [p[1] / 1e6 for p in points], color=color,
+                linestyle=styles[i % len(styles)], marker=markers[i % len(markers)], ms=4,
+                label=name)
     ax.set_xlabel("number of tasks T")
     ax.set_ylabel("trainable parameters (M)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
