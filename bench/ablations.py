@@ -73,3 +73,13 @@ register_ablation(
     ("digits_scene",),
     _axis("mtlora", "arch.rank", [2, 4, 8, 16], "r"),
 )
+register_ablation(
+    "mola_backbone",
+    "ResNet vs Transformer: HPS, MoLA-Router and MoLA-Grad on the scenario's ResNet and on a "
+    "trained Swin Transformer (MoLA §5.5, Table 8; adapters on the last Swin stage's qkv, proj, "
+    "fc1, fc2)",
+    ("digits_domains",),
+    [(f"{method} ({label})", method, overrides)
+     for method in ("hps", "mola_router", "mola_grad")
+     for label, overrides in (("ResNet", {}), ("Transformer", {"backbone.name": "swin_embedded"}))],
+)

@@ -222,7 +222,8 @@ class ArchitectureSpec:
     cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    #: encoder protocol the architecture needs ("any", "staged", "conv", "swin")
+    #: encoder protocol the architecture needs ("any", "staged", "conv", "swin", "conv_or_swin";
+    #: the backbones each accepts: ``bench.method.ENCODER_BACKBONES``)
     needs_encoder: str = "any"
     #: heterogeneity types it applies to (None: all)
     scenarios: tuple[str, ...] | None = None
@@ -231,3 +232,6 @@ class ArchitectureSpec:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     #: True when the architecture may run all tasks' batches in one pass (fix 8)
     supports_fused_multi_input: bool = True
+    #: False when its forward bypasses ``_prepare_rep`` (no representation gradients, so no
+    #: rep_grad weighting such as MGDA-UB or GradDrop)
+    supports_rep_grad: bool = True

@@ -15,11 +15,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbones import build_backbone
+from bench.backbones import backbones, build_backbone
 from bench.compat import ArchitectureSpec, WeightingSpec
 from bench.heads import ClassificationHead, DenseHead
 from bench.registry import UnknownNameError, architectures, methods, weightings
-from bench.scenario import HETEROGENEITY_LABELS, Scenario, ScenarioData, TaskSpec
+from bench.scenario import (
+    HETEROGENEITY_LABELS,
+    Scenario,
+    ScenarioData,
+    TaskSpec,
+    is_dense,
+)
+
+#: backbones that satisfy an architecture's ``needs_encoder`` ("any": every backbone)
+CONV_BACKBONES: tuple[str, ...] = ("resnet", "resnet18", "timm_resnet18")
+SWIN_BACKBONES: tuple[str, ...] = ("swin_embedded", "swin_t")
+ENCODER_BACKBONES: dict[str, tuple[str, ...]] = {
+    "staged": CONV_BACKBONES,
+    "conv": CONV_BACKBONES,
+    "swin": SWIN_BACKBONES,
+    # MoLA: adapters on a ResNet's convolutions or on a Swin's linear layers (bench/mola.py)
+    "conv_or_swin": CONV_BACKBONES + SWIN_BACKBONES,
+}
+ENCODER_LABELS: dict[str, str] = {
+    "staged": "a convolutional staged encoder (ResNet-shaped)",
+    "conv": "a convolutional staged encoder (ResNet-shaped)",
+    "swin": "a Swin Transformer encoder",
+    "conv_or_swin": "a ResNet or Swin Transformer encoder",
+}
 
 
 class IncompatibleError(ValueError):
@@ -37,6 +60,10 @@ class MethodSpec:
     weighting_kwargs: dict[str, Any] = field(default_factory=dict)
     rep_grad: bool = False
     training_overrides: dict[str, Any] = field(default_factory=dict)
+    #: encoder override (``backbone.name``): None keeps the architecture's or the scenario's
+    backbone: str | None = None
+    #: backbone keyword overrides (``backbone.NAME``), applied over the resolved ones
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arch_spec(self) -> ArchitectureSpec:
@@ -53,19 +80,30 @@ class MethodSpec:
         return {**self.weighting_spec.defaults, **self.weighting_kwargs}
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> MethodSpec:
-        """Apply ``{"arch.rank": 8, "weighting.calpha": 0.4, "train.lr": 1e-3}`` overrides."""
+        """Apply ``{"arch.rank": 8, "weighting.calpha": 0.4, "train.lr": 1e-3}`` overrides.
+
+        ``backbone.name`` runs the method on another registered encoder (MoLA §5.5, Table 8:
+        ``{"backbone.name": "swin_embedded"}``); ``backbone.NAME`` sets one of its keywords."""
         if not overrides:
             return self
         arch, weight, train = dict(self.arch_kwargs), dict(self.weighting_kwargs), dict(
             self.training_overrides)
+        backbone, backbone_kwargs = self.backbone, dict(self.backbone_kwargs)
         for key, value in overrides.items():
             group, _, name = key.partition(".")
-            target = {"arch": arch, "weighting": weight, "train": train}.get(group)
+            if group == "backbone" and name == "name":
+                if backbone != value:  # another encoder: the previous one's keywords do not apply
+                    backbone_kwargs = {}
+                backbone = str(value)
+                continue
+            target = {"arch": arch, "weighting": weight, "train": train,
+                      "backbone": backbone_kwargs}.get(group)
             if target is None or not name:
-                raise ValueError(
-                    f"override {key!r}: use arch.NAME, weighting.NAME or train.NAME")
+                raise ValueError(f"override {key!r}: use arch.NAME, weighting.NAME, train.NAME, "
+                                 f"backbone.name or backbone.NAME")
             target[name] = value
-        return replace(self, arch_kwargs=arch, weighting_kwargs=weight, training_overrides=train)
+        return replace(self, arch_kwargs=arch, weighting_kwargs=weight, training_overrides=train,
+                       backbone=backbone, backbone_kwargs=backbone_kwargs)
 
     def identity(self) -> dict[str, Any]:
         """Everything about the method that changes results (part of the run's config hash)."""
@@ -76,7 +114,26 @@ class MethodSpec:
             "weighting_kwargs": self.resolved_weighting_kwargs(),
             "rep_grad": self.rep_grad,
             "training_overrides": dict(self.training_overrides),
+            # only when overridden, so that the config hashes of earlier runs stay valid
+            **({"backbone": self.backbone} if self.backbone is not None else {}),
+            **({"backbone_kwargs": dict(self.backbone_kwargs)} if self.backbone_kwargs else {}),
         }
+
+    def resolve_backbone(self, scenario_backbone: str, scenario_kwargs: dict[str, Any]
+                         ) -> tuple[str, dict[str, Any]]:
+        """The encoder the method runs on and its keywords: the ``backbone.*`` overrides, else
+        the architecture's own (MTLoRA's Swin), else the scenario's."""
+        arch = self.arch_spec
+        if arch.backbone is None:
+            name, kwargs = scenario_backbone, {**scenario_kwargs, **arch.backbone_kwargs}
+        else:
+            name, kwargs = arch.backbone, dict(arch.backbone_kwargs)
+        if self.backbone is not None and self.backbone != name:
+            # another encoder: keep only the keywords given for it by its owner
+            name = self.backbone
+            kwargs = (dict(scenario_kwargs) if name == scenario_backbone
+                      else dict(arch.backbone_kwargs) if name == arch.backbone else {})
+        return name, {**kwargs, **self.backbone_kwargs}
 
 
 def register_architecture(
@@ -132,20 +189,28 @@ def check_compatible(spec: MethodSpec, scenario: Scenario) -> None:
             f"method {spec.name!r} cannot run on scenario {scenario.name!r} "
             f"({HETEROGENEITY_LABELS[scenario.heterogeneity]}): architecture "
             f"{spec.architecture!r} supports only {kinds}")
+    if spec.rep_grad and not arch.supports_rep_grad:
+        raise IncompatibleError(
+            f"method {spec.name!r}: architecture {spec.architecture!r} exposes no shared "
+            f"representation, so weighting {spec.weighting!r} (rep_grad=True) cannot run on it")
     if spec.rep_grad not in weighting.rep_grad:
         raise IncompatibleError(
             f"method {spec.name!r}: weighting {spec.weighting!r} does not support "
             f"rep_grad={spec.rep_grad}")
-    backbone = arch.backbone or getattr(scenario, "backbone", "resnet")
-    if arch.needs_encoder in ("staged", "conv") and backbone not in ("resnet", "resnet18",
-                                                                     "timm_resnet18"):
+    backbone, _ = spec.resolve_backbone(getattr(scenario, "backbone", "resnet"), {})
+    if spec.backbone is not None:
+        backbones.get(spec.backbone)  # an unknown name: UnknownNameError with suggestions
+    where = (f"the {backbone!r} backbone override" if spec.backbone is not None
+             else f"scenario {scenario.name!r}'s backbone {backbone!r}")
+    allowed = ENCODER_BACKBONES.get(arch.needs_encoder)
+    if allowed is not None and backbone not in allowed:
         raise IncompatibleError(
-            f"method {spec.name!r} needs a convolutional staged encoder (ResNet-shaped), but "
-            f"scenario {scenario.name!r} uses backbone {backbone!r}")
+            f"method {spec.name!r} needs {ENCODER_LABELS[arch.needs_encoder]}, but runs on "
+            f"{where}")
 
 
 def make_decoder(task: TaskSpec, in_channels: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    if task.kind == "classification":
+    if not is_dense(task.kind):
         return ClassificationHead(in_channels, task.num_outputs)
     return DenseHead(in_channels, task.num_outputs, input_shape[1:])
 
@@ -154,9 +219,7 @@ def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str
                 ) -> nn.Module:
     """Instantiate ``architecture x weighting`` as LibMTL's Trainer does (one mixed class)."""
     arch, weighting = spec.arch_spec, spec.weighting_spec
-    backbone = arch.backbone or data.backbone
-    backbone_kwargs = {**data.backbone_kwargs, **arch.backbone_kwargs} if arch.backbone is None \
-        else dict(arch.backbone_kwargs)
+    backbone, backbone_kwargs = spec.resolve_backbone(data.backbone, data.backbone_kwargs)
     encoder_class = partial(build_backbone, backbone, in_channels=data.input_shape[0],
                             input_shape=data.input_shape, **backbone_kwargs)
     probe = encoder_class()

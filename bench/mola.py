@@ -16,8 +16,19 @@
     stacked weight ``[W; ΔW_1; ...; ΔW_K]`` (the "masked sum" when α is one-hot).
   - ``"auto"`` (default) — ``split`` for one-hot α, ``sum`` for soft α (the faster of ``grouped``
     and ``sum`` in :func:`mola_conv_benchmark`).
-* :func:`add_mola` wraps every ``Conv2d`` of chosen stages of a staged encoder (placement, default
-  ``[3]`` = Block4, Table 7; rank 4, Table 6; per-stage ranks configurable).
+* :class:`MoLALinear` — the same for an ``nn.Linear`` (the Transformer of §5.5, Table 8
+  "ResNet vs Transformer"): ``A_k`` (r, C_in), ``B_k`` (C_out, r), ``W + Σ_k α_{n,k} B_k A_k ·
+  alpha / r``. Its input may carry any number of token dimensions — ``(N, L, C)``, ``(N, H, W, C)``
+  or a Swin's windows ``(N·nW, L, C)`` with the windows of one sample contiguous (timm's
+  ``window_partition``): α is given per sample and broadcast over that sample's tokens/windows.
+  Paths: ``grouped`` (per-sample weights, one batched matmul: Eq. 2–3), ``split``, ``sum`` (the
+  low-rank products ``x A_kᵀ B_kᵀ`` weighted by α) and ``auto``, as for the convolution.
+* :func:`add_mola` wraps every ``Conv2d`` — and every ``nn.Linear`` whose attribute name is in
+  ``linear_targets`` (default ``qkv``, ``proj``, ``fc1``, ``fc2``: a Swin block's attention and MLP,
+  not the patch merging's reduction) — of chosen stages of a staged encoder (placement, default
+  ``[3]`` = Block4 of a ResNet or the last Swin stage, Table 7; rank 4, Table 6; per-stage ranks
+  configurable). An encoder may run a slice of its stages itself (``run_stages(x, start, stop)``;
+  the Swin does: its stages pass NHWC tokens and its output is NCHW).
 * :class:`CifarResNetRouter` — the router of §3.5; :func:`twd_loss` — the Task-wise Decorrelation
   loss (Eq. 4–5).
 * :func:`pc_ratio` — the principal-component ratio of the §4 analysis.
@@ -160,12 +171,123 @@ class MoLAConv2d(nn.Module):
         return self.forward_sum(x, one_hot)
 
 
-def mola_layers(module: nn.Module) -> list[MoLAConv2d]:
-    return [m for m in module.modules() if isinstance(m, MoLAConv2d)]
+def _per_sample(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` (R, ..., C) with ``R = n·m`` rows, the m rows of each sample contiguous, as
+    (n, m·L, C): every token of sample ``i`` in row ``i``."""
+    if x.shape[0] % n:
+        raise ValueError(f"MoLALinear: {x.shape[0]} rows are not a multiple of the mixture's "
+                         f"{n} samples")
+    return x.reshape(n, -1, x.shape[-1])
+
+
+class MoLALinear(nn.Module):
+    """A linear layer with K low-rank adapters mixed per sample (MoLA Eq. 1 for ``nn.Linear``;
+    the Transformer of §5.5, Table 8)."""
+
+    def __init__(self, linear: nn.Linear, num_adapters: int, rank: int = 4, alpha: float = 16.0,
+                 path: Path = "auto") -> None:
+        super().__init__()
+        if path not in PATHS:
+            raise ValueError(f"unknown MoLA path {path!r}; choose one of {PATHS}")
+        self.base = linear
+        self.num_adapters = num_adapters
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.path: Path = path
+        w = linear.weight
+        self.lora_A = nn.Parameter(w.new_empty(num_adapters, rank, linear.in_features))
+        self.lora_B = nn.Parameter(w.new_zeros(num_adapters, linear.out_features, rank))
+        for a in self.lora_A:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.task_ids: torch.Tensor | None = None
+        self.task: int | None = None
+        self.weights: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.base.in_features}->{self.base.out_features}, adapters={self.num_adapters},"
+                f" rank={self.rank}, scaling={self.scaling:g}")
+
+    def adapter_params_per_adapter(self) -> int:
+        return self.lora_A[0].numel() + self.lora_B[0].numel()
+
+    def delta(self, index: int | torch.Tensor | None = None) -> torch.Tensor:
+        """``ΔW`` of one adapter (C_out, C_in), or of all adapters (K, C_out, C_in)."""
+        if index is None:
+            return torch.bmm(self.lora_B, self.lora_A) * self.scaling
+        return (self.lora_B[index] @ self.lora_A[index]) * self.scaling
+
+    # ---- paths -------------------------------------------------------------------------------
+    def forward_single(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """All rows use adapter ``task``: one matmul with ``W + ΔW_task``."""
+        return F.linear(x, self.base.weight + self.delta(task), self.base.bias)
+
+    def forward_split(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """One-hot α (``task_ids`` per sample): one matmul per task present in the batch."""
+        first = task_ids[0]
+        if bool((task_ids == first).all()):
+            return self.forward_single(x, int(first))
+        xs = _per_sample(x, task_ids.shape[0])
+        order = torch.argsort(task_ids, stable=True)
+        tasks, counts = torch.unique_consecutive(task_ids[order], return_counts=True)
+        chunks = torch.split(xs[order], counts.tolist())
+        out = torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return out[inverse].reshape(*x.shape[:-1], -1)
+
+    def forward_sum(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``x Wᵀ + b + Σ_k α_{n,k} · s · (x A_kᵀ) B_kᵀ`` (the low-rank products, weighted)."""
+        xs = _per_sample(x, weights.shape[0])
+        low = torch.einsum("nli,kri->nlkr", xs, self.lora_A)
+        low = low * weights.to(low.dtype)[:, None, :, None]
+        delta = torch.einsum("nlkr,kor->nlo", low, self.lora_B) * self.scaling
+        return F.linear(x, self.base.weight, self.base.bias) + delta.reshape(*x.shape[:-1], -1)
+
+    def forward_grouped(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The paper's formulation (§3.4, Eq. 2–3): the per-sample weight
+        ``W + Σ_k α_{n,k} ΔW_k`` applied to all tokens of sample ``n`` (one batched matmul)."""
+        xs = _per_sample(x, weights.shape[0])
+        w = self.base.weight
+        per_sample = w.unsqueeze(0) + torch.einsum("nk,koi->noi", weights.to(w.dtype),
+                                                   self.delta())
+        out = torch.bmm(xs, per_sample.transpose(1, 2))
+        if self.base.bias is not None:
+            out = out + self.base.bias
+        return out.reshape(*x.shape[:-1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self.path
+        if self.weights is not None:  # soft α (MoLA-Router)
+            if path == "grouped":
+                return self.forward_grouped(x, self.weights)
+            if path == "split":
+                raise ValueError("the split path needs one-hot α (task ids)")
+            return self.forward_sum(x, self.weights)
+        if self.task is not None:
+            if path in ("auto", "split"):
+                return self.forward_single(x, self.task)
+            task_ids = torch.full((x.shape[0],), self.task, dtype=torch.long, device=x.device)
+        elif self.task_ids is not None:
+            task_ids = self.task_ids
+        else:
+            raise RuntimeError("MoLALinear called outside `with mixture(...)`")
+        if path in ("auto", "split"):
+            return self.forward_split(x, task_ids)
+        one_hot = F.one_hot(task_ids, self.num_adapters).to(x.dtype)
+        if path == "grouped":
+            return self.forward_grouped(x, one_hot)
+        return self.forward_sum(x, one_hot)
+
+
+MoLALayer = MoLAConv2d | MoLALinear
+
+
+def mola_layers(module: nn.Module) -> list[MoLALayer]:
+    return [m for m in module.modules() if isinstance(m, (MoLAConv2d, MoLALinear))]
 
 
 @contextmanager
-def mixture(layers: Sequence[MoLAConv2d], *, task_ids: torch.Tensor | None = None,
+def mixture(layers: Sequence[MoLALayer], *, task_ids: torch.Tensor | None = None,
             task: int | None = None, weights: torch.Tensor | None = None) -> Iterator[None]:
     """Set the mixture α of every layer for the forward passes inside the block (exactly one of
     ``task_ids`` (N,) one-hot α, ``task`` one adapter for all rows, ``weights`` (N, K) soft α)."""
@@ -199,11 +321,18 @@ def resolve_placement(encoder: nn.Module, placement: Sequence[int | str] | str
     return items
 
 
+#: ``nn.Linear`` layers :func:`add_mola` wraps, by attribute name: a Swin (ViT) block's attention
+#: (``qkv``, ``proj``) and MLP (``fc1``, ``fc2``); the patch merging's ``reduction`` is left alone
+LINEAR_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+
+
 def add_mola(encoder: nn.Module, num_adapters: int, placement: Sequence[int | str] | str = (3,),
              rank: int | Sequence[int] | dict[Any, int] = 4, alpha: float = 16.0,
-             path: Path = "auto") -> list[MoLAConv2d]:
+             path: Path = "auto", linear_targets: Sequence[str] = LINEAR_TARGETS
+             ) -> list[MoLALayer]:
     """Replace every ``Conv2d`` inside the chosen stages of a staged encoder by a
-    :class:`MoLAConv2d` (in place); return the new layers. ``rank``: one rank, one per placed
+    :class:`MoLAConv2d`, and every ``nn.Linear`` named in ``linear_targets`` by a
+    :class:`MoLALinear` (in place); return the new layers. ``rank``: one rank, one per placed
     stage (aligned with ``placement``), or ``{stage: rank}``."""
     stages = resolve_placement(encoder, placement)
     if isinstance(rank, dict):
@@ -214,25 +343,29 @@ def add_mola(encoder: nn.Module, num_adapters: int, placement: Sequence[int | st
         if len(rank) != len(stages):
             raise ValueError("rank: give one rank per placed stage")
         ranks = dict(zip(stages, (int(r) for r in rank)))
-    layers: list[MoLAConv2d] = []
+    layers: list[MoLALayer] = []
     for s in stages:
         root = encoder.stem if s == "stem" else encoder.stages[s]  # type: ignore[index]
-        layers += _wrap_convs(root, num_adapters, ranks[s], alpha, path)
+        layers += _wrap_layers(root, num_adapters, ranks[s], alpha, path, tuple(linear_targets))
     return layers
 
 
-def _wrap_convs(root: nn.Module, num_adapters: int, rank: int, alpha: float, path: Path
-                ) -> list[MoLAConv2d]:
-    layers = []
+def _wrap_layers(root: nn.Module, num_adapters: int, rank: int, alpha: float, path: Path,
+                 linear_targets: tuple[str, ...]) -> list[MoLALayer]:
+    layers: list[MoLALayer] = []
     for name, child in list(root.named_children()):
-        if isinstance(child, MoLAConv2d):
+        if isinstance(child, (MoLAConv2d, MoLALinear)):
             continue
+        layer: MoLALayer
         if isinstance(child, nn.Conv2d):
             layer = MoLAConv2d(child, num_adapters, rank, alpha, path)
-            setattr(root, name, layer)
-            layers.append(layer)
+        elif isinstance(child, nn.Linear) and name in linear_targets:
+            layer = MoLALinear(child, num_adapters, rank, alpha, path)
         else:
-            layers += _wrap_convs(child, num_adapters, rank, alpha, path)
+            layers += _wrap_layers(child, num_adapters, rank, alpha, path, linear_targets)
+            continue
+        setattr(root, name, layer)
+        layers.append(layer)
     return layers
 
 
@@ -253,7 +386,11 @@ def first_adapted_stage(encoder: nn.Module) -> int:
 
 def run_stages(encoder: nn.Module, x: torch.Tensor, start: int, stop: int | None = None
                ) -> torch.Tensor:
-    """Run ``stem`` (when ``start == -1``) and ``stages[max(start,0):stop]`` of a staged encoder."""
+    """Run ``stem`` (when ``start == -1``) and ``stages[max(start,0):stop]`` of a staged encoder
+    (the encoder's own ``run_stages`` when it has one, e.g. :class:`bench.mtlora.SwinBackbone`)."""
+    own = getattr(encoder, "run_stages", None)
+    if own is not None:
+        return own(x, start, stop)
     if start == -1:
         x = encoder.stem(x)  # type: ignore[operator]
         start = 0
@@ -264,7 +401,9 @@ def run_stages(encoder: nn.Module, x: torch.Tensor, start: int, stop: int | None
 
 class MoLAArchitecture(CompatArchitecture):
     """Base of the MoLA architectures: one staged encoder (shared ``W``) whose chosen stages carry
-    K adapters, and one decoder per task.
+    K adapters, and one decoder per task. The encoder is a ResNet (adapters on its convolutions)
+    or a Swin Transformer (adapters on the ``linear_targets`` of its blocks; stages = Swin
+    layers, MoLA §5.5 Table 8); both are trained in full, like HPS's.
 
     ``get_share_params`` returns the encoder's parameters *without* the adapters: the adapters
     (and MoLA-Router's router) are not what gradient-surgery weightings (``mola_grad+pcgrad``)
@@ -274,14 +413,16 @@ class MoLAArchitecture(CompatArchitecture):
     def __init__(self, task_name, encoder_class, decoders, rep_grad, multi_input, device, *,
                  num_adapters: int | None = None, placement: Sequence[int | str] | str = (3,),
                  rank: int | Sequence[int] | dict[Any, int] = 4, alpha: float = 16.0,
-                 path: Path = "auto", **kwargs: Any) -> None:
+                 path: Path = "auto", linear_targets: Sequence[str] = LINEAR_TARGETS,
+                 **kwargs: Any) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device,
                          **kwargs)
         self.num_adapters = int(num_adapters or len(task_name))
         self.encoder = self.encoder_class()
-        self.mola = add_mola(self.encoder, self.num_adapters, placement, rank, alpha, path)
+        self.mola = add_mola(self.encoder, self.num_adapters, placement, rank, alpha, path,
+                             linear_targets)
         if not self.mola:
-            raise ValueError(f"placement {placement!r} wraps no convolution")
+            raise ValueError(f"placement {placement!r} wraps no convolution or linear layer")
         self.first_adapted = first_adapted_stage(self.encoder)
 
     def adapter_parameters(self) -> list[nn.Parameter]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from bench.backbones import backbones
 from bench.compat import CompatArchitecture
-from bench.scenario import TaskSpec
+from bench.scenario import TaskSpec, is_dense
 
 
 class MTLoRALinear(nn.Module):
@@ -169,6 +169,33 @@ class SwinBackbone(nn.Module):
         x = self.model.patch_embed(self.prepare(x))
         x = self.model.layers(x)
         return x.permute(0, 3, 1, 2).contiguous()
+
+    # staged-encoder view (bench/backbones.py), used by MoLA's placement and its shared-prefix /
+    # adapted-suffix split (bench/mola.py): stem = patch embedding, stages = the Swin layers
+    @property
+    def stem(self) -> nn.Module:
+        return self.model.patch_embed
+
+    @property
+    def stages(self) -> nn.Sequential:
+        return self.model.layers  # type: ignore[return-value]
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return self.stage_dims
+
+    def run_stages(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """``stem`` (resize + patch embedding, when ``start == -1``) and ``stages[start:stop]``;
+        tokens stay NHWC between stages, the output of the last stage is returned as NCHW."""
+        if start == -1:
+            x = self.stem(self.prepare(x))
+            start = 0
+        n = len(self.stages)
+        for stage in list(self.stages)[start:stop]:
+            x = stage(x)
+        if start < n and (stop is None or stop >= n):  # the slice ran the last stage
+            x = x.permute(0, 3, 1, 2).contiguous()
+        return x
 
 
 @backbones.register("swin_embedded", description="CPU-sized timm Swin (32px, window 2)")
@@ -419,12 +446,58 @@ class MTLoRA(CompatArchitecture):
         channels = tuple(kwargs.get("decoder_channels", (18, 36, 72, 144)))
         self.decoders = nn.ModuleDict({
             t.name: HRNetHead(backbone.feature_dims, channels, t.num_outputs, out_size,
-                              dense=t.kind != "classification",
+                              dense=is_dense(t.kind),
                               expansion=int(kwargs.get("decoder_expansion", 4)))
             for t in tasks})
+        # off by default: every method of the benchmark is evaluated with the same standard
+        # BatchNorm running statistics (``--set arch.precise_bn_samples=1024`` turns it on)
+        self.precise_bn_samples = int(kwargs.get("precise_bn_samples", 0))
+        self._bn_batches: list[tuple[torch.Tensor, str | None, torch.Tensor | None]] = []
+
+    def train(self, mode: bool = True) -> MTLoRA:
+        """Switching from training to evaluation first re-estimates the decoders' BatchNorm
+        statistics with the current weights (:meth:`recalibrate_batchnorm`)."""
+        if not mode and self.training and self._bn_batches:
+            self.recalibrate_batchnorm()
+        return super().train(mode)
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self) -> None:
+        """"Precise BN": replace the running statistics of every BatchNorm layer by the exact
+        average of its batch statistics over the most recent training batches (up to
+        ``precise_bn_samples`` inputs), recomputed with the *current* weights.
+
+        The decoders' BatchNorm sits on features of a backbone whose LoRA modules, norms and
+        patch embedding move fast while training; the exponential running average (momentum 0.1,
+        a ~10-step memory) then lags the weights, and evaluation-mode outputs differ from the
+        training-mode outputs the weights were fitted to (on digits_scene the eval-mode depth loss
+        on the *training* set was 2x the train-mode one). Training itself is unchanged.
+        """
+        batches, self._bn_batches = self._bn_batches, []
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        for inputs, task_name, task_ids in batches:
+            self._forward(inputs, task_name, task_ids)
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
 
     def forward(self, inputs: torch.Tensor, task_name: str | None = None,
                 task_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.training and self.precise_bn_samples > 0 and torch.is_grad_enabled():
+            self._bn_batches.append((inputs.detach(), task_name,
+                                     None if task_ids is None else task_ids.detach()))
+            while sum(len(b[0]) for b in self._bn_batches) > self.precise_bn_samples \
+                    and len(self._bn_batches) > 1:
+                self._bn_batches.pop(0)
+        return self._forward(inputs, task_name, task_ids)
+
+    def _forward(self, inputs: torch.Tensor, task_name: str | None = None,
+                 task_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         rows: dict[str, torch.Tensor | None] = {}
         for tn, task in enumerate(self.task_name):
             if task_name is not None:

@@ -28,6 +28,11 @@ isolation is exact (``tests/test_mola.py``).
 
 Any weighting combines with it (``mola_grad+pcgrad``); gradient-surgery weightings act on the
 shared parameters only (encoder without adapters, see :class:`bench.mola.MoLAArchitecture`).
+
+Transformer backbone (§5.5, Table 8): with ``backbone.name=swin_embedded`` the adapters sit on the
+``qkv``, ``proj``, ``fc1`` and ``fc2`` linear layers of the last Swin stage's blocks
+(:class:`bench.mola.MoLALinear`, α per sample broadcast over its tokens and windows); the Swin has
+LayerNorm only, so the isolation is exact in training mode too.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ _DEFAULTS: dict[str, Any] = {"placement": [3], "rank": 4, "alpha": 16.0, "path":
 register_architecture(
     "mola_grad", MoLAGrad,
     description="MoLA-Grad: shared encoder + one low-rank adapter per task (task ids)",
-    defaults=_DEFAULTS, needs_encoder="conv")
+    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",

@@ -28,6 +28,10 @@ multi-input data. No task id is needed at inference: the head index is known by 
 The adapted stages' BatchNorm layers are shared by the T paths (their running statistics average
 over the paths). ``single_input_mode="shared"`` uses one mixture per sample for all tasks; TwD
 then has no classes and is disabled (the mixture differs between samples, never between tasks).
+
+Transformer backbone (§5.5, Table 8): ``backbone.name=swin_embedded`` puts the adapters on the
+last Swin stage's linear layers (:class:`bench.mola.MoLALinear`); the router stays the CIFAR
+ResNet on the raw input.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ _DEFAULTS: dict[str, Any] = {
 register_architecture(
     "mola_router", MoLARouter,
     description="MoLA-Router: shared encoder + K low-rank adapters mixed by a router (TwD loss)",
-    defaults=_DEFAULTS, needs_encoder="conv")
+    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",

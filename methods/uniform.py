@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bench.api import CompatArchitecture, TaskSpec, register_architecture, register_method
+from bench.scenario import is_dense
 
 
 class Uniform(CompatArchitecture):
@@ -29,7 +30,7 @@ class Uniform(CompatArchitecture):
         self.encoder = self.encoder_class()
         tasks: tuple[TaskSpec, ...] = kwargs["tasks"]
         make = kwargs["decoder_factory"]
-        self.dense = any(t.kind != "classification" for t in tasks)
+        self.dense = any(is_dense(t.kind) for t in tasks)
         if kwargs["shared_label_space"]:
             self.head = make(tasks[0])
             self.blocks = {t.name: slice(0, t.num_outputs) for t in tasks}
@@ -53,7 +54,7 @@ class Uniform(CompatArchitecture):
             return union
         if self.dense:
             out = union[:, block]
-            return out.mean(dim=(2, 3)) if self.kinds[task] == "classification" else out
+            return out.mean(dim=(2, 3)) if not is_dense(self.kinds[task]) else out
         # own classes first, then every other class: CE/argmax equal those over the union
         order = list(range(block.start, block.stop)) + [
             i for i in range(self.total_outputs) if not block.start <= i < block.stop]
@@ -77,7 +78,8 @@ class Uniform(CompatArchitecture):
 
 
 register_architecture("uniform", Uniform,
-                      description="one network and one output layer for all tasks, data pooled")
+                      description="one network and one output layer for all tasks, data pooled",
+                      supports_rep_grad=False)
 register_method("uniform", architecture="uniform", weighting="ew",
                 description="one network, one shared output layer, all data pooled",
                 paper="MoLA (ICML 2024) Appendix A, domain-heterogeneity baseline (1)")

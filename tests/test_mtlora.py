@@ -317,3 +317,30 @@ def test_methods_registered() -> None:
 
     assert {"mtlora", "mtlora_plus"} <= set(methods.list())
     assert resolve_method("mtlora_plus").resolved_arch_kwargs()["rank"] == 4
+
+
+def test_eval_recalibrates_batchnorm_on_recent_training_batches() -> None:
+    """Precise BN: on switching to eval the decoders' running statistics become the exact mean
+    of the batch statistics of the cached training batches under the current weights."""
+    torch.manual_seed(0)
+    model = build(precise_bn_samples=8)
+    batches = [torch.randn(4, 1, 12, 12) for _ in range(3)]
+    model.train()
+    for x in batches:
+        model(x)["seg"].sum().backward()  # cached with gradients enabled
+    with torch.no_grad():
+        model(torch.randn(4, 1, 12, 12))  # not cached: no gradients (evaluation-style call)
+    assert len(model._bn_batches) == 2  # capped at 8 samples: the last two batches
+    bn = model.decoders["seg"].fuse[1]
+    seen = []
+    hook = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].mean(dim=(0, 2, 3))))
+    with torch.no_grad():
+        for x in batches[1:]:
+            model._forward(x)
+    hook.remove()
+    model.eval()
+    assert not model._bn_batches
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1
+    model.eval()  # eval -> eval: nothing to recalibrate, statistics kept
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
