@@ -1,6 +1,7 @@
 """Everything a plugin file in ``methods/`` or ``datasets/`` needs, in one import."""
 
 from bench.compat import CompatArchitecture, CompatWeighting
+from bench.data import DomainBedScenario, RealScenario
 from bench.method import (
     MethodSpec,
     register_architecture,
@@ -8,14 +9,24 @@ from bench.method import (
     register_weighting,
 )
 from bench.registry import scenarios
-from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.scenario import (
+    DataMissingError,
+    Scenario,
+    ScenarioData,
+    Split,
+    TaskSpec,
+    TrainingSetup,
+)
 
 register_scenario = scenarios.register
 
 __all__ = [
     "CompatArchitecture",
     "CompatWeighting",
+    "DataMissingError",
+    "DomainBedScenario",
     "MethodSpec",
+    "RealScenario",
     "Scenario",
     "ScenarioData",
     "Split",

@@ -9,6 +9,8 @@
   the shared graph. ``train.forward=per_task`` restores LibMTL's one forward per task — measured
   on ``digits_tasks``: HPS's first task lost ~20 accuracy points that way, because BatchNorm's
   running statistics then lean towards the last task of every step.
+* Device: CUDA when available (``BENCH_DEVICE=cpu|cuda|cuda:1`` overrides); the data stay on the
+  CPU and each batch is moved to the model's device.
 * Model selection: test metrics are reported at the epoch with the lowest validation score
   ``mean_t L_t(epoch) / L_t(first epoch)`` — the MoLA reference selects the lowest validation
   loss; normalising each task's loss by its first-epoch value keeps one task's loss scale (e.g. a
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -49,11 +52,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@lru_cache(maxsize=8)
 def load_scenario(name: str, profile: str) -> ScenarioData:
+    """A scenario's data, cached per process; the key includes the real datasets' data root and
+    checksum setting (``BENCH_DATA_ROOT``, ``BENCH_VERIFY_CHECKSUMS``)."""
+    return _load_scenario(name, profile, os.environ.get("BENCH_DATA_ROOT", ""),
+                          os.environ.get("BENCH_VERIFY_CHECKSUMS", ""))
+
+
+@lru_cache(maxsize=2)  # small: a real dataset's paper profile takes gigabytes
+def _load_scenario(name: str, profile: str, data_root: str, verify: str) -> ScenarioData:
     scenario: Scenario = scenarios.get(name)()
     scenario.check_profile(profile)
     return scenario.load(profile)
+
+
+def default_device() -> torch.device:
+    """``$BENCH_DEVICE`` if set, else CUDA when available, else the CPU."""
+    name = os.environ.get("BENCH_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def training_setup(scenario: Scenario, profile: str, spec: MethodSpec) -> TrainingSetup:
@@ -99,23 +117,29 @@ def compute_losses(model: nn.Module, data: ScenarioData, split: Split,
                    index: dict[str, torch.Tensor], fused: bool) -> tuple[torch.Tensor, dict]:
     """Forward one training batch; return the per-task losses ``(T,)`` and the predictions."""
     names = data.task_names
+    dev = _device_of(model)
     if not data.multi_input:
-        x = split.inputs[index[names[0]]]  # type: ignore[index]
+        x = split.inputs[index[names[0]]].to(dev)  # type: ignore[index]
         out = model(x)
-        targets = {t: split.targets[t][index[t]] for t in names}
+        targets = {t: split.targets[t][index[t]].to(dev) for t in names}
     elif fused:
         xs = [split.inputs[t][index[t]] for t in names]  # type: ignore[index]
         task_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(xs)])
-        out = model(torch.cat(xs), task_ids=task_ids)
-        targets = {t: split.targets[t][index[t]] for t in names}
+        out = model(torch.cat(xs).to(dev), task_ids=task_ids.to(dev))
+        targets = {t: split.targets[t][index[t]].to(dev) for t in names}
     else:
         out, targets = {}, {}
         for t in names:
-            out.update(model(split.inputs[t][index[t]], task_name=t))  # type: ignore[index]
-            targets[t] = split.targets[t][index[t]]
+            out.update(model(split.inputs[t][index[t]].to(dev), task_name=t))  # type: ignore[index]
+            targets[t] = split.targets[t][index[t]].to(dev)
     losses = torch.stack([task_loss(task.kind, out[task.name], targets[task.name])
                           for task in data.tasks])
     return losses, out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -137,11 +161,12 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
         n = split.size(data.task_names[0])
         chunks = [(None, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
     kinds = {t.name: t.kind for t in data.tasks}
+    dev = _device_of(model)
     for task_name, sl in chunks:
-        x = _task_input(split, task_name or data.task_names[0])[sl]
+        x = _task_input(split, task_name or data.task_names[0])[sl].to(dev)
         out = model(x, task_name=task_name) if task_name else model(x)
         for t, pred in out.items():
-            y = split.targets[t][sl]
+            y = split.targets[t][sl].to(dev)
             loss_sums[t] += float(task_loss(kinds[t], pred, y)) * len(y)
             counts[t] += len(y)
             for acc in accs[t].values():
@@ -173,7 +198,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     check_compatible(spec, scenario)
     seed_everything(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_model(spec, data)
+    model = build_model(spec, data, default_device())
     trainable, total = count_parameters(model)
     breakdown = model.param_breakdown() if hasattr(model, "param_breakdown") else None
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], setup)
@@ -207,7 +232,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
                 index = {t: idx for t in names}
             losses, _ = compute_losses(model, data, data.train, index, fused)
             if not torch.isfinite(losses).all():
-                raise DivergedError(step, [float(v) for v in losses])
+                raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
             aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
             if aux is not None:

@@ -3,6 +3,21 @@
 A scenario's task lists metric names from :data:`METRICS`; the first one is the task's primary
 metric. Accumulators are updated batch by batch and computed once, so evaluation never holds all
 predictions in memory.
+
+Task kinds (:data:`bench.scenario.TaskKind`) and their losses:
+
+* ``classification`` — cross-entropy; ``segmentation`` — per-pixel cross-entropy (ignore -1);
+  ``regression`` — L1;
+* ``multilabel`` — K independent binary labels (MedMNIST ChestMNIST: 14 findings), BCE with
+  logits; metrics as MedMNIST v2 defines them (Yang et al., Sci. Data 2023, §"Evaluation"): the
+  mean over labels of the ROC AUC and of the accuracy at threshold 0.5. When a model returns more
+  columns than labels (Uniform's union head, own classes first), the first K are the task's;
+* ``depth`` — L1 over valid pixels (target > 0; NYUv2's missing depth is 0), as LibMTL's NYUv2;
+* ``normals`` — 1 − cosine similarity between the L2-normalised prediction and the target over
+  valid pixels (target ≠ 0), as LibMTL's NYUv2; metrics: mean / median angle error in degrees
+  and the percentage of pixels within 11.25°, 22.5°, 30° (MoLA Table 5, MTLoRA Table 1);
+* ``saliency`` — one-channel per-pixel BCE with logits (ignore 255/-1), metric max F-measure over
+  thresholds (β² = 0.3, as ATRC/MTLoRA's saliency evaluation), computed on dataset-level counts.
 """
 
 from __future__ import annotations
@@ -96,6 +111,184 @@ class RelError(AbsError):
         self.count += int(valid.sum())
 
 
+class MaskedAbsError(AbsError):
+    """Mean absolute error over valid target values (> 0; NYUv2 depth)."""
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        valid = target > 0
+        self.sum += float((pred - target).abs()[valid].sum())
+        self.count += int(valid.sum())
+
+
+def _own_columns(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The task's columns of a multi-label prediction (the first K; see the module docstring)."""
+    return pred[:, : target.shape[1]]
+
+
+class MultiLabelAccuracy(Accumulator):
+    """Mean over labels of the accuracy at probability 0.5, in percent (MedMNIST's ACC)."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.correct = torch.zeros(num_labels, dtype=torch.long)
+        self.total = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        hit = (_own_columns(pred, target) > 0) == (target > 0.5)
+        self.correct += hit.sum(0).cpu()
+        self.total += int(target.shape[0])
+
+    def compute(self) -> float:
+        return float(100.0 * (self.correct.double() / max(self.total, 1)).mean())
+
+
+class MultiLabelAUC(Accumulator):
+    """Mean over labels of the ROC AUC, in percent (MedMNIST's AUC); keeps the scores."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.scores.append(_own_columns(pred, target).detach().float().cpu())
+        self.targets.append(target.detach().cpu())
+
+    def compute(self) -> float:
+        if not self.scores:
+            return 0.0
+        scores, targets = torch.cat(self.scores), torch.cat(self.targets) > 0.5
+        aucs = [binary_auc(scores[:, k], targets[:, k]) for k in range(targets.shape[1])]
+        valid = [a for a in aucs if a is not None]
+        return 100.0 * sum(valid) / len(valid) if valid else 0.0
+
+
+def binary_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties; ``None``
+    when only one class is present."""
+    n_pos = int(positive.sum())
+    n_neg = int(positive.numel()) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = scores.double().argsort()
+    sorted_scores = scores.double()[order]
+    ranks = torch.empty_like(sorted_scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True,
+                                                  return_counts=True)
+    # average rank of each tie group
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    rank_sum = float(ranks[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+#: angle histogram resolution for the median (degrees per bin)
+ANGLE_BIN = 0.05
+
+
+def _angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angle errors in degrees over valid pixels (target ≠ 0) of ``(N, 3, H, W)`` normals."""
+    valid = target.abs().sum(1) > 0
+    p = F.normalize(pred, dim=1)
+    t = F.normalize(target, dim=1)
+    cos = (p * t).sum(1)[valid].clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos.double()))
+
+
+class AngleStats(Accumulator):
+    """Histogram of angle errors (0.05° bins): the mean is exact, the median to 0.05°."""
+
+    bins = int(180 / ANGLE_BIN) + 1
+
+    def __init__(self, num_outputs: int = 3) -> None:
+        self.hist = torch.zeros(self.bins, dtype=torch.float64)
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        ang = _angles(pred, target).cpu()
+        self.sum += float(ang.sum())
+        self.count += int(ang.numel())
+        idx = (ang / ANGLE_BIN).long().clamp(0, self.bins - 1)
+        self.hist += torch.bincount(idx, minlength=self.bins).double()
+
+
+class MeanAngle(AngleStats):
+    def compute(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+class MedianAngle(AngleStats):
+    def compute(self) -> float:
+        if self.count == 0:
+            return 0.0
+        cdf = self.hist.cumsum(0)
+        idx = int(torch.searchsorted(cdf, torch.tensor(self.count / 2, dtype=torch.float64)))
+        return (idx + 0.5) * ANGLE_BIN
+
+
+class WithinAngle(Accumulator):
+    """Percentage of valid pixels whose angle error is below a threshold."""
+
+    threshold = 11.25
+
+    def __init__(self, num_outputs: int = 3) -> None:
+        self.hit = 0
+        self.count = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        ang = _angles(pred, target)
+        self.hit += int((ang < self.threshold).sum())
+        self.count += int(ang.numel())
+
+    def compute(self) -> float:
+        return 100.0 * self.hit / max(self.count, 1)
+
+
+def _within(deg: float) -> type[WithinAngle]:
+    return type(f"Within{deg}", (WithinAngle,), {"threshold": deg})
+
+
+SALIENCY_THRESHOLDS = torch.linspace(0.01, 0.99, 99)
+
+
+class MaxFMeasure(Accumulator):
+    """max over thresholds of F_β (β² = 0.3) from dataset-level TP/FP/FN counts, in percent."""
+
+    def __init__(self, num_outputs: int = 1) -> None:
+        n = len(SALIENCY_THRESHOLDS)
+        self.tp = torch.zeros(n, dtype=torch.float64)
+        self.fp = torch.zeros(n, dtype=torch.float64)
+        self.fn = torch.zeros(n, dtype=torch.float64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        prob = torch.sigmoid(pred[:, 0].float()).reshape(-1).cpu()
+        tgt = target.reshape(-1).cpu()
+        valid = (tgt >= 0) & (tgt <= 1)
+        prob, gt = prob[valid], tgt[valid] > 0.5
+        for i, th in enumerate(SALIENCY_THRESHOLDS):
+            positive = prob > th
+            self.tp[i] += float((positive & gt).sum())
+            self.fp[i] += float((positive & ~gt).sum())
+            self.fn[i] += float((~positive & gt).sum())
+
+    def compute(self) -> float:
+        beta2 = 0.3
+        precision = self.tp / (self.tp + self.fp).clamp(min=1e-12)
+        recall = self.tp / (self.tp + self.fn).clamp(min=1e-12)
+        f = (1 + beta2) * precision * recall / (beta2 * precision + recall).clamp(min=1e-12)
+        return float(100.0 * f.max())
+
+
+class MaxIoU(MaxFMeasure):
+    """max over thresholds of the foreground IoU, in percent (saliency "mIoU" of MTLoRA
+    Table 1, whose evaluation takes the best threshold)."""
+
+    def compute(self) -> float:
+        iou = self.tp / (self.tp + self.fp + self.fn).clamp(min=1e-12)
+        return float(100.0 * iou.max())
+
+
 @dataclass(frozen=True)
 class MetricDef:
     name: str
@@ -112,16 +305,42 @@ METRICS: dict[str, MetricDef] = {
         MetricDef("pixel_accuracy", True, PixelAccuracy, "Pix Acc"),
         MetricDef("abs_err", False, AbsError, "Abs Err"),
         MetricDef("rel_err", False, RelError, "Rel Err"),
+        MetricDef("depth_abs_err", False, MaskedAbsError, "Abs Err"),
+        MetricDef("ml_accuracy", True, MultiLabelAccuracy, "Acc"),
+        MetricDef("ml_auc", True, MultiLabelAUC, "AUC"),
+        MetricDef("angle_mean", False, MeanAngle, "Angle Mean"),
+        MetricDef("angle_median", False, MedianAngle, "Angle Median"),
+        MetricDef("within_11", True, _within(11.25), "Within 11.25"),
+        MetricDef("within_22", True, _within(22.5), "Within 22.5"),
+        MetricDef("within_30", True, _within(30.0), "Within 30"),
+        MetricDef("max_f", True, MaxFMeasure, "maxF"),
+        MetricDef("sal_iou", True, MaxIoU, "IoU"),
     )
 }
 
 
 def task_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The training loss of a task kind: cross-entropy, per-pixel cross-entropy, or L1."""
+    """The training loss of a task kind (see the module docstring)."""
     if kind == "classification":
         return F.cross_entropy(pred, target)
     if kind == "segmentation":
         return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX)
     if kind == "regression":
         return F.l1_loss(pred, target)
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(_own_columns(pred, target), target.float())
+    if kind == "depth":
+        valid = target > 0
+        return (pred - target).abs()[valid].mean() if valid.any() else pred.sum() * 0.0
+    if kind == "normals":
+        valid = target.abs().sum(1) > 0
+        cos = (F.normalize(pred, dim=1) * target).sum(1)
+        return 1.0 - cos[valid].mean() if valid.any() else pred.sum() * 0.0
+    if kind == "saliency":
+        tgt = target.float()
+        valid = (tgt >= 0) & (tgt <= 1)
+        logits = pred[:, 0]
+        if not valid.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[valid], tgt[valid])
     raise ValueError(f"unknown task kind {kind!r}")

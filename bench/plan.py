@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.method import IncompatibleError, check_compatible, resolve_method
 from bench.registry import UnknownNameError, ablations, methods, scenarios
-from bench.scenario import Scenario
+from bench.scenario import DataMissingError, Scenario
 
 SCHEMA_VERSION = 1
 
@@ -127,6 +127,13 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
                 scen.check_profile(profile)
             plan.skipped.append(("*", scenario, f"no profile {profile!r}"))
             continue
+        try:  # real datasets: a missing file stops the plan before any training
+            scen.check_data(profile)
+        except DataMissingError as err:
+            if scenario_names:
+                raise
+            plan.skipped.append(("*", scenario, f"data missing ({err})"))
+            continue
         for method in method_list:
             try:
                 check_compatible(resolve_method(method), scen)
@@ -148,6 +155,7 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
     plan = Plan([])
     for scenario in scenario_list:
         scen = scenarios.get(scenario)()
+        scen.check_data(profile)
         for label, method, overrides in preset.variants:
             try:
                 check_compatible(resolve_method(method).with_overrides(overrides), scen)

@@ -24,7 +24,20 @@ HETEROGENEITY_LABELS = {
     "multi_input": "multi-input task heterogeneity",
     "single_input": "single-input task heterogeneity",
 }
-TaskKind = Literal["classification", "segmentation", "regression"]
+TaskKind = Literal["classification", "segmentation", "regression", "multilabel", "depth",
+                   "normals", "saliency"]
+#: task kinds predicted once per sample (a vector), not per pixel
+GLOBAL_KINDS = ("classification", "multilabel")
+
+
+def is_dense(kind: str) -> bool:
+    """Whether a task kind predicts a map (per pixel) rather than one vector per sample."""
+    return kind not in GLOBAL_KINDS
+
+
+class DataMissingError(ValueError):
+    """A scenario's data is missing or malformed; the message is one line naming what is
+    missing, the expected layout and where to get it (the CLI prints it, exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,13 @@ class Scenario:
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         raise NotImplementedError
+
+    #: whether the scenario reads files from the data root (real datasets)
+    needs_data: bool = False
+
+    def check_data(self, profile: str, data_root: Path | None = None) -> None:
+        """Raise :class:`DataMissingError` when the files ``profile`` needs are absent (a cheap
+        layout check, run before planning any training; checksums are ``bench data check``'s)."""
 
     def check_profile(self, profile: str) -> None:
         if profile not in self.profiles:

@@ -1,0 +1,42 @@
+"""``vlcs`` — VLCS, domain heterogeneity: four photo collections of one 5-class problem.
+
+Dataset: VLCS (Fang, Xu & Rockmore, ICCV 2013; "Unbiased look at dataset bias", Torralba &
+Efros, CVPR 2011): 10,729 images of 5 classes (bird, car, chair, dog, person) from Caltech101
+(C), LabelMe (L), SUN09 (S) and VOC2007 (V). Layout as DomainBed's download script leaves it:
+``<data_root>/VLCS/{Caltech101,LabelMe,SUN09,VOC2007}/<class>/<image>`` (DomainBed,
+``python -m domainbed.scripts.download``; the archive is linked from its README).
+
+Tasks: one per domain, in MoLA (ICML 2024) Table 2's column order V, L, C, S; one shared label
+space (Uniform uses one head). Splits, image handling: :class:`bench.data.DomainBedScenario`
+(seeded 80/10/10 % per domain, data seed 2024).
+
+Profiles: ``paper`` — MoLA App. B: ResNet-18, batch 128 (per domain), AdamW lr 1e-4,
+224×224 (the in-memory float32 tensors take ~6.5 GB); epochs are not stated in the paper (100).
+``smoke`` — 32×32, at most 6 images per class and domain, a narrow ResNet, 1 epoch.
+"""
+
+from __future__ import annotations
+
+from bench.api import register_scenario
+from bench.data import DomainBedScenario
+
+
+@register_scenario("vlcs")
+class VLCS(DomainBedScenario):
+    """VLCS (DomainBed layout), 4 domains × 5 classes, each domain a task; real data."""
+
+    name = "vlcs"
+    description = "VLCS (DomainBed layout), 4 domains x 5 classes, each domain a task; real data"
+    folder = "VLCS"
+    num_classes = 5
+    data_seed = 2024
+    domains = (
+        ("V", "Domain-V", ("VOC2007", "VOC")),
+        ("L", "Domain-L", ("LabelMe",)),
+        ("C", "Domain-C", ("Caltech101", "Caltech")),
+        ("S", "Domain-S", ("SUN09", "SUN")),
+    )
+    source = "VLCS as downloaded by DomainBed"
+    layout = "VLCS/{Caltech101,LabelMe,SUN09,VOC2007}/<class>/<image> (5 classes)"
+    where = ("DomainBed's download script (github.com/facebookresearch/DomainBed, "
+             "domainbed/scripts/download.py)")
