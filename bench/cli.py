@@ -1,4 +1,4 @@
-"""``python -m bench``: list, run, leaderboard, results check, perf.
+"""``python -m bench``: list, run, leaderboard, results check, perf, data (check, download).
 
 Errors a user can fix (unknown names, impossible combinations, bad flags) end with one line on
 stderr naming the problem and the fix, exit code 2, and nothing written.
@@ -109,8 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir = Path(args.results_dir)
     todo = pending(the_plan.runs, results_dir)
+    where = "" if args.backend == "local" else f" on {args.backend}"
     print(f"plan: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
-          f"{len(todo)} to run) with --jobs {args.jobs}; results in {results_dir}/",
+          f"{len(todo)} to run) with --jobs {args.jobs}{where}; results in {results_dir}/",
           file=sys.stderr)
     for method, scenario, reason in the_plan.skipped:
         print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
@@ -125,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
                   f"{run.config_hash[:12]}")
         return 0
+    engine = _backend(args)
     bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
     failures = 0
 
@@ -133,14 +135,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if res["status"] == "failed":
             failures += 1
             bar.write(f"FAILED {res['label']} on {res['scenario']} seed {res.get('seed')}: "
-                      f"{res.get('error')}")
+                      f"{res.get('error')}", file=sys.stderr)
         elif res["status"] == "diverged":
-            bar.write(f"diverged {res['label']} on {res['scenario']} seed {res.get('seed')}")
+            bar.write(f"diverged {res['label']} on {res['scenario']} seed {res.get('seed')} "
+                      f"at step {res.get('diverged_at_step')}", file=sys.stderr)
         bar.set_postfix_str(f"{res['label']}/{res['scenario']} failures={failures}")
         bar.update(1)
 
     start = time.perf_counter()
-    summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result)
+    summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
+                      backend=engine, progress_runs=args.progress_runs)
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
@@ -158,6 +162,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"{res['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    """``"local"`` or a :class:`bench.backends.Backend` built (and checked) from the flags."""
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time,
+             "gpus": args.slurm_gpus, "config": args.slurm_config}
+    slurm_given = [f"--slurm-{key}" for key, value in slurm.items() if value is not None]
+    if args.backend != "slurm" and slurm_given:
+        raise UsageError(f"{', '.join(slurm_given)} needs --backend slurm")
+    if args.backend == "local":
+        if args.scheduler is not None:
+            raise UsageError("--scheduler needs --backend dask or ray")
+        return "local"
+    from bench.backends import get_backend
+
+    if args.backend != "slurm":
+        return get_backend(args.backend, jobs=args.jobs, scheduler=args.scheduler)
+    return get_backend("slurm", jobs=args.jobs, scheduler=args.scheduler, **slurm)
 
 
 def _estimate_seconds(runs: list[Any], results_dir: Path) -> float | None:
@@ -213,6 +235,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(f"{len(good)} valid records ({counts}), {len(bad)} corrupt")
     for b in bad:
         print(f"corrupt: {b.path}: {b.problem}")
+    root = Path(args.results_dir)
+    if root.is_dir():  # what an interrupted sweep leaves; the next claim of the run cleans it
+        for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
+            print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
     return 1 if bad else 0
 
 
@@ -250,20 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", help="an ablation preset (see `list ablations`)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--profile", default="default",
-                   help="'smoke' (seconds, for tests), 'default' (the embedded benchmark)")
+                   help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "
+                        "'paper' (the papers' setups on their real datasets, see `bench data`)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="parallel runs (joblib); torch threads are split between them "
                         "(default: number of cores)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a hyper-parameter: arch.NAME, weighting.NAME or train.NAME "
-                        "(repeatable), e.g. --set weighting.calpha=0.4")
+                   help="override a hyper-parameter: arch.NAME, weighting.NAME, train.NAME, "
+                        "or the encoder with backbone.name / backbone.KWARG (repeatable), e.g. "
+                        "--set weighting.calpha=0.4 --set backbone.name=swin_embedded")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
                    help="where records are written (default results/)")
     p.add_argument("--leaderboard", default=str(DEFAULT_LEADERBOARD),
                    help="leaderboard file regenerated at the end (default leaderboard.md)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--progress-runs", action="store_true",
+                   help="also show a bar of training steps for each run in flight")
+    p.add_argument("--backend", choices=["local", "dask", "ray", "slurm"], default="local",
+                   help="where runs execute: local joblib workers (default), a Dask or Ray "
+                        "cluster, or Slurm jobs through submitit; --jobs = workers / CPUs / "
+                        "jobs at a time (pip install 'mtl-hetero-bench[distributed]')")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask: scheduler address (tcp://host:8786); ray: cluster address "
+                        "(auto, ray://host:10001); default: start a local cluster")
+    p.add_argument("--slurm-partition", help="Slurm partition of the jobs")
+    p.add_argument("--slurm-time", help="time limit per job: minutes or [D-]H:M:S")
+    p.add_argument("--slurm-gpus", type=int, help="GPUs per job")
+    p.add_argument("--slurm-config", metavar="FILE",
+                   help="JSON or TOML Slurm settings (partition, time, gpus, cpus_per_task, "
+                        "mem_gb, account, qos, setup, cluster, log_dir, any slurm_* of "
+                        "submitit); flags override it")
     p.set_defaults(func=cmd_run)
+    from bench.data import add_data_arguments, add_data_parser
+
+    add_data_arguments(p)  # --data-root, --no-verify (real datasets)
 
     p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
@@ -278,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=cmd_perf)
+
+    add_data_parser(sub)  # python -m bench data check|download|list [NAME]
     return parser
 
 
@@ -289,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
+    from bench.data import apply_data_arguments
+
+    apply_data_arguments(args)  # --data-root / --no-verify reach workers through the env
     try:
         return int(args.func(args) or 0)
     except (UsageError, UnknownNameError, IncompatibleError, ValueError) as err:

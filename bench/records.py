@@ -76,7 +76,8 @@ class BadRecord:
 def iter_record_files(results_dir: Path) -> Iterator[Path]:
     root = Path(results_dir)
     if root.is_dir():
-        yield from sorted(p for p in root.rglob("*.json") if not p.name.startswith("."))
+        yield from sorted(p for p in root.rglob("*.json")
+                          if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[BadRecord]]:

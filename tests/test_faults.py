@@ -1,0 +1,405 @@
+"""Faults a sweep must survive: kill -9 and resume, two sweeps on one folder, stale locks,
+diverging and raising runs, corrupt records, a full disk; and identical records from the local,
+Dask, Ray and submitit backends (all on the smoke profile)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+from bench.cli import main
+from bench.plan import make_run
+from bench.records import load_records, record_path
+from bench.report import render
+from bench.sweep import _lock_owner, claim, execute, run_one
+
+SCENARIO = "digits_domains"
+SMOKE = ["--scenario", SCENARIO, "--profile", "smoke", "--no-leaderboard"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """In-process sweeps on one torch thread: on 2 busy cores, 2 threads per run are many times
+    slower (spinning OpenMP threads), and the worker processes use 1 thread each anyway."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != registry.PLUGIN_PATH_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"  # two sweeps (or workers) on 2 cores: no oversubscription
+    return env
+
+
+def _bench_cmd(results: Path, methods: str, seeds: str, jobs: int) -> list[str]:
+    return [sys.executable, "-m", "bench", "run", "--method", methods, "--seeds", seeds,
+            "--jobs", str(jobs), "--results-dir", str(results), *SMOKE]
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Temporary files, locks and lock candidates: none may survive a finished sweep."""
+    return sorted(p for p in root.rglob("*")
+                  if p.suffix in (".tmp", ".lock", ".new", ".stale"))
+
+
+def _one_record_per_run(root: Path, expected: int) -> list[dict]:
+    records, bad = load_records(root)
+    assert not bad, bad
+    keys = [(r["label"], r["seed"]) for r in records]
+    assert len(keys) == len(set(keys)) == expected
+    assert len(list(root.rglob("*.json"))) == expected
+    assert _leftovers(root) == []
+    return records
+
+
+# ---------------------------------------------------------------- kill -9, concurrency, locks
+def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
+    results = tmp_path / "r"
+    cmd = _bench_cmd(results, "hps,single_task,uniform", "0,1", jobs=1)
+    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(results.rglob("*.json")):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no record appeared within 120 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.read_bytes() for p in results.rglob("*.json")}
+    assert 1 <= len(finished) < 6, "the kill must land mid-sweep"
+    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} already done" in resumed.stderr
+    records = _one_record_per_run(results, 6)
+    assert all(r["status"] == "ok" for r in records)
+    assert {p: p.read_bytes() for p in finished} == finished  # finished runs untouched
+
+
+def test_two_sweeps_at_once_run_each_run_once(tmp_path: Path) -> None:
+    results = tmp_path / "r"
+    cmd = _bench_cmd(results, "hps,single_task", "0,1,2", jobs=1)
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trained = 0
+    for err in outputs:
+        done_line = next(line for line in err.splitlines() if line.startswith("done in"))
+        trained += int(done_line.split(": ", 1)[1].split(" ok")[0])
+    assert trained == 6, outputs  # every run trained by exactly one of the two sweeps
+    _one_record_per_run(results, 6)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claim_takes_over_locks_of_dead_processes_only(tmp_path: Path) -> None:
+    host = socket.gethostname()
+    lock = tmp_path / "a" / "run.json.lock"
+    assert claim(lock) and lock.read_text() == _lock_owner()
+    assert not claim(lock)  # held by a live process (this one)
+    lock.write_text(f"{host} {_dead_pid()}")
+    assert claim(lock), "a lock naming a dead pid is stale"
+    assert lock.read_text() == _lock_owner()
+    lock.write_text(f"{host} {os.getpid()} 1")  # our pid, reused: another start time
+    assert claim(lock)
+    lock.write_text(f"another-host {_dead_pid()}")
+    assert not claim(lock), "another machine's lock cannot be checked: it is kept"
+    lock.write_text("")  # garbled: stale only once older than the grace period
+    assert not claim(lock)
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    assert claim(lock)
+    assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]
+
+
+def test_claim_treats_a_zombie_owner_as_dead(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 30
+        while " Z " not in stat.read_text():  # exited, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        lock = tmp_path / "run.json.lock"
+        lock.write_text(f"{socket.gethostname()} {proc.pid}")
+        assert claim(lock)
+    finally:
+        proc.wait()
+
+
+def test_claimed_run_removes_leftovers_of_an_interrupted_write(tmp_path: Path,
+                                                                capsys) -> None:
+    run = make_run("hps", SCENARIO, 0, "smoke")
+    path = record_path(tmp_path, run.profile, run.scenario, run.display, run.seed,
+                       run.config_hash)
+    path.parent.mkdir(parents=True)
+    partial = path.with_name(f".{path.name}.abc123.tmp")
+    partial.write_text('{"method": "hps", "metr')  # killed mid-write
+    lock = path.with_name(path.name + ".lock")
+    dead = _dead_pid()
+    lock.write_text(f"{socket.gethostname()} {dead}")
+    candidate = path.with_name(f"{lock.name}.{dead}.0a1b2c3d.new")
+    candidate.write_text("x")
+    assert main(["results", "check", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"leftover: {partial} (partial write)" in out and f"leftover: {lock} (lock)" in out
+    assert run_one(run, str(tmp_path))["status"] == "ok"
+    _one_record_per_run(tmp_path, 1)
+
+
+# ---------------------------------------------------------------- diverging and raising runs
+FAULTY_PLUGIN = '''
+"""Test methods that go wrong on seed 1 only: NaN loss at step 3, or an exception at step 1."""
+import numpy as np
+import torch
+from bench.api import CompatWeighting, register_method, register_weighting
+
+class Faulty(CompatWeighting):
+    needs_task_gradients = False
+    fault = "none"
+
+    def backward(self, losses, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        total = losses.sum()
+        if torch.initial_seed() == 1:  # seed_everything(seed) seeded torch with the run seed
+            if self.fault == "nan" and self.calls == 3:  # step 2's update -> NaN at step 3
+                total = total * float("nan")
+            if self.fault == "raise" and self.calls == 2:
+                raise RuntimeError("boom at step 1")
+        total.backward()
+        return np.ones(self.task_num)
+
+class NanAt3(Faulty):
+    fault = "nan"
+
+class RaiseAt1(Faulty):
+    fault = "raise"
+
+register_weighting("nan_at_3", NanAt3, description="NaN at step 3 on seed 1")
+register_weighting("raise_at_1", RaiseAt1, description="raises at step 1 on seed 1")
+register_method("diverger", architecture="hps", weighting="nan_at_3", description="test")
+register_method("crasher", architecture="hps", weighting="raise_at_1", description="test")
+'''
+
+
+@pytest.fixture(scope="module")
+def faulty_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One sweep of ``diverger``, ``crasher`` and ``hps`` on seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("faulty")
+    (root / "plugins").mkdir()
+    (root / "plugins" / "faulty_methods.py").write_text(textwrap.dedent(FAULTY_PLUGIN))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(registry.PLUGIN_PATH_ENV, str(root / "plugins"))
+        err_file = root / "stderr.txt"
+        saved = sys.stderr
+        with err_file.open("w") as fh:
+            sys.stderr = fh
+            try:
+                code = main(["run", "--method", "diverger,crasher,hps", "--scenario", SCENARIO,
+                             "--seeds", "0,1", "--profile", "smoke", "--jobs", "1",
+                             "--results-dir", str(root / "r"),
+                             "--leaderboard", str(root / "lb.md")])
+            finally:
+                sys.stderr = saved
+        records, bad = load_records(root / "r")
+        yield {"code": code, "stderr": err_file.read_text(), "records": records, "bad": bad,
+               "root": root, "leaderboard": (root / "lb.md").read_text()}
+
+
+def _record(sweep: dict, label: str, seed: int) -> dict:
+    return next(r for r in sweep["records"] if r["label"] == label and r["seed"] == seed)
+
+
+def test_diverged_run_is_recorded_and_excluded_from_means(faulty_sweep: dict) -> None:
+    bad = _record(faulty_sweep, "diverger", 1)
+    assert bad["status"] == "diverged" and bad["diverged_at_step"] == 3
+    assert "non-finite" in bad["error"]
+    assert _record(faulty_sweep, "diverger", 0)["status"] == "ok"
+    assert "diverged diverger on digits_domains seed 1 at step 3" in faulty_sweep["stderr"]
+    text = faulty_sweep["leaderboard"]
+    row = next(line for line in text.splitlines() if line.startswith("| diverger †"))
+    assert row.endswith("| 1 |")  # one seed in the means
+    assert "diverger: seed 1: diverged" in text
+    # the means are those of the ok seed alone: the same row as without the diverged record
+    root = faulty_sweep["root"]
+    Path(bad["_path"]).rename(root / "set_aside.json")
+    try:
+        alone, _ = render(root / "r", root / "lb_alone.md")
+    finally:
+        (root / "set_aside.json").rename(bad["_path"])
+    row_alone = next(line for line in alone.splitlines() if line.startswith("| diverger |"))
+    assert row.replace(" †", "") == row_alone
+
+
+def test_failed_run_is_recorded_sweep_goes_on_and_exits_1(faulty_sweep: dict) -> None:
+    assert faulty_sweep["code"] == 1
+    failed = _record(faulty_sweep, "crasher", 1)
+    assert failed["status"] == "failed" and "RuntimeError: boom at step 1" in failed["error"]
+    assert "Traceback" in failed["traceback"]
+    assert len(faulty_sweep["records"]) == 6 and not faulty_sweep["bad"]
+    assert {r["status"] for r in faulty_sweep["records"] if r["seed"] == 0} == {"ok"}
+    err = faulty_sweep["stderr"]
+    assert "FAILED crasher on digits_domains seed 1: RuntimeError: boom at step 1" in err
+    assert "1 diverged, 1 failed" in err
+    assert "  failed: crasher on digits_domains seed 1: RuntimeError: boom" in err
+    assert "crasher: seed 1: failed" in faulty_sweep["leaderboard"]
+
+
+# ---------------------------------------------------------------- damaged and unwritable records
+def _small_sweep(results: Path, *extra: str) -> int:
+    return main(["run", "--method", "hps", "--seeds", "0,1", "--jobs", "1", "--results-dir",
+                 str(results), *SMOKE, *extra])
+
+
+def test_truncated_record_is_reported_skipped_then_rerun(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "r"
+    assert _small_sweep(results) == 0
+    victim = sorted(results.rglob("*.json"))[0]
+    intact = victim.read_text()
+    victim.write_text(intact[: len(intact) // 2])
+    capsys.readouterr()
+    assert main(["results", "check", "--results-dir", str(results)]) == 1
+    assert f"corrupt: {victim}" in capsys.readouterr().out
+    assert main(["leaderboard", "--results-dir", str(results), "--output",
+                 str(tmp_path / "lb.md")]) == 0
+    assert f"warning: skipped {victim}" in capsys.readouterr().err
+    assert _small_sweep(results) == 0  # a corrupt record is not a finished run: run again
+    assert "1 to run" in capsys.readouterr().err
+    assert json.loads(victim.read_text())["metrics"] == json.loads(intact)["metrics"]
+    _one_record_per_run(results, 2)
+    capsys.readouterr()
+    assert main(["run", "--method", "hps", "--seeds", "0,1,2", "--jobs", "2", "--results-dir",
+                 str(results), *SMOKE, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "plan: 3 runs (2 already done, 1 to run) with --jobs 2" in err
+    assert "estimated cost of the 1 runs to do" in err
+    assert [line.split()[0] for line in out.splitlines()] == ["done", "done", "todo"]
+    _one_record_per_run(results, 2)  # a dry run writes nothing
+
+
+def test_failed_write_leaves_no_partial_record(tmp_path: Path, monkeypatch, capsys) -> None:
+    import bench.records
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bench.records.os, "fsync", disk_full)
+    results = tmp_path / "r"
+    assert _small_sweep(results) == 1
+    err = capsys.readouterr().err
+    assert "FAILED hps on digits_domains seed 0: record not written" in err
+    assert "No space left on device" in err and "0 ok" in err
+    assert list(results.rglob("*.json")) == [] and _leftovers(results) == []
+    monkeypatch.undo()
+    assert _small_sweep(results) == 0
+    _one_record_per_run(results, 2)
+
+
+# ---------------------------------------------------------------- progress and backends
+def test_progress_runs_shows_a_step_bar(tmp_path: Path, monkeypatch) -> None:
+    seen: list[tuple[int, int]] = []
+    import bench.engine
+
+    real = bench.engine.run_config
+
+    def spy(config, progress=None):
+        assert progress is not None
+
+        def record_step(step: int, total: int) -> None:
+            seen.append((step, total))
+            progress(step, total)
+
+        return real(config, record_step)
+
+    monkeypatch.setattr(bench.engine, "run_config", spy)
+    assert _small_sweep(tmp_path / "r", "--progress-runs") == 0
+    assert seen[-1] == (4, 4) and len(seen) == 8  # 2 runs × 4 smoke steps
+
+
+def test_backend_flag_errors_exit_2_before_anything_runs(tmp_path: Path, capsys) -> None:
+    from bench.backends import parse_time
+
+    results = tmp_path / "r"
+    assert _small_sweep(results, "--slurm-partition", "gpu") == 2
+    assert "--slurm-partition needs --backend slurm" in capsys.readouterr().err
+    assert _small_sweep(results, "--backend", "ray", "--slurm-gpus", "1") == 2
+    assert "--slurm-gpus needs --backend slurm" in capsys.readouterr().err
+    assert _small_sweep(results, "--scheduler", "tcp://localhost:8786") == 2
+    assert "--scheduler needs --backend dask or ray" in capsys.readouterr().err
+    config = tmp_path / "slurm.json"
+    config.write_text(json.dumps({"partition": "gpu", "walltime": 5}))
+    pytest.importorskip("submitit", reason="submitit not installed (the distributed extra)")
+    assert _small_sweep(results, "--backend", "slurm", "--slurm-config", str(config)) == 2
+    assert "unknown setting(s) ['walltime']" in capsys.readouterr().err
+    assert not results.exists()
+    assert [parse_time(t) for t in ("90", "5:30", "1:30:00", "2-0", "1-2:30")] == [
+        90, 6, 90, 2880, 1590]
+
+
+#: what must not depend on where a run executed
+SAME = ("metrics", "best_epoch", "history", "trainable_params", "total_params", "config_hash",
+        "param_scaling", "status")
+BACKEND_RUNS = [("hps", 0), ("single_task", 1)]
+
+
+def _comparable(root: Path) -> dict:
+    records, bad = load_records(root)
+    assert not bad
+    return {(r["label"], r["seed"]): {k: r.get(k) for k in SAME} for r in records}
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("local")
+    runs = [make_run(m, SCENARIO, s, "smoke") for m, s in BACKEND_RUNS]
+    summary = execute(runs, root, jobs=1)
+    assert summary.count("ok") == 2
+    return _comparable(root)
+
+
+@pytest.mark.parametrize("backend", ["dask", "ray", "slurm"])
+def test_backends_write_the_same_records_as_local(backend: str, local_reference: dict,
+                                                  tmp_path: Path) -> None:
+    module = {"dask": "dask.distributed", "ray": "ray", "slurm": "submitit"}[backend]
+    pytest.importorskip(module, reason=f"{module} not installed (the distributed extra: "
+                                       f"pip install 'mtl-hetero-bench[distributed]')")
+    options: dict = {}
+    if backend == "slurm":
+        config = tmp_path / "slurm.toml"
+        config.write_text(f'[slurm]\ncluster = "local"\ntime = "0:10:00"\n'
+                          f'log_dir = "{tmp_path / "logs"}"\n')
+        options = {"config": config}
+    runs = [make_run(m, SCENARIO, s, "smoke") for m, s in BACKEND_RUNS]
+    results = tmp_path / "r"
+    seen: list[dict] = []
+    # one worker / one job at a time: on 2 cores, starting processes (torch imports) dominates
+    summary = execute(runs, results, jobs=1, on_result=seen.append, backend=backend,
+                      backend_options=options)
+    assert [r["status"] for r in summary.results] == ["ok", "ok"], summary.results
+    assert len(seen) == 2
+    assert _comparable(results) == local_reference
+    _one_record_per_run(results, 2)
+    again = execute(runs, results, jobs=1, backend=backend, backend_options=options)
+    assert again.already_done == 2 and again.results == []
