@@ -122,7 +122,10 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
                 for r in ok])
         delta = None
         if baseline is not None:
-            delta = _mean_std([delta_m(r["metrics"]["test"], baseline, tasks) for r in ok])
+            try:
+                delta = _mean_std([delta_m(r["metrics"]["test"], baseline, tasks) for r in ok])
+            except ZeroDivisionError:
+                delta = None  # a baseline metric is 0: Δm% undefined (footnoted)
         rows.append(Row(label, [r["seed"] for r in ok], cells, avg, delta,
                         statistics.fmean(r["trainable_params"] for r in ok), excluded))
     return rows
@@ -268,6 +271,10 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
                 lines += ["", "† excluded from the means: " + "; ".join(notes) + "."]
             if not base_records:
                 lines += ["", "Δm% needs Single-task records of this scenario and profile."]
+            elif all(r.delta is None for r in rows if r.label != BASELINE):
+                lines += ["", "Δm% undefined: a Single-task metric is 0 on this scenario."]
+            if profile == "paper" and not ablation:
+                lines += _paper_tables(key[1], set(by_label))
             wall = sum(r["wall_time_s"] or 0 for recs in by_label.values() for r in recs)
             lines += ["", f"{sum(len(v) for v in by_label.values())} runs, "
                           f"{wall / 60:.1f} min of training in total."]
@@ -285,6 +292,27 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
     tmp.write_text(text)
     tmp.replace(output)
     return text, bad
+
+
+def _paper_tables(scenario: str, labels: set[str]) -> list[str]:
+    """The papers' reported numbers (``bench/paper_results.json``) for the methods we ran."""
+    from bench import paper_results
+
+    out: list[str] = []
+    sources = paper_results.load()["sources"]
+    for table in paper_results.tables_for(scenario):
+        rows = [(name, values) for name, values in table["rows"].items()
+                if table["methods"].get(name) in labels]
+        if not rows:
+            continue
+        out += ["", f"Reported in {table['table']} of {sources[table['source']]['citation']} "
+                    f"({table['caption']}):", "",
+                "| Method (paper) | " + " | ".join(table["column_labels"]) + " |",
+                "|" + "---|" * (len(table["column_labels"]) + 1)]
+        for name, values in rows:
+            cells = ["-" if v is None else f"{v:g}" for v in values]
+            out.append(f"| {table['methods'][name]} ({name}) | " + " | ".join(cells) + " |")
+    return out
 
 
 def _scenario_order(by_label: dict[str, list[dict[str, Any]]]) -> int:

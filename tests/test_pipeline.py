@@ -177,3 +177,82 @@ def test_plugin_file_in_extra_folder_runs_through_a_sweep(tmp_path: Path, monkey
 def test_leaderboard_with_no_records(tmp_path: Path) -> None:
     text, bad = render(tmp_path / "empty", tmp_path / "lb.md")
     assert "No records yet" in text and not bad
+
+
+def test_impossible_combinations_fail_at_planning_time(tmp_path: Path, capsys) -> None:
+    """Cross-Stitch needs a staged (ResNet-shaped) encoder; a rep-grad weighting needs a shared
+    representation: both are refused before any training, with one line and exit code 2."""
+    from bench.api import Scenario, register_scenario
+    from bench.method import IncompatibleError, check_compatible, resolve_method
+
+    class SwinScenario(Scenario):
+        """A scenario whose backbone is a Swin Transformer (not staged)."""
+
+        name = "test_swin_scenario"
+        heterogeneity = "domain"
+        backbone = "swin_embedded"
+
+    register_scenario("test_swin_scenario")(SwinScenario)
+    try:
+        with pytest.raises(IncompatibleError, match="staged encoder"):
+            check_compatible(resolve_method("cross_stitch"), SwinScenario())
+        code = main(["run", "--method", "cross_stitch", "--scenario", "test_swin_scenario",
+                     "--profile", "smoke", "--results-dir", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "cross_stitch" in err[0]
+        assert not (tmp_path / "r").exists()
+    finally:
+        del registry.scenarios.entries["test_swin_scenario"]
+    with pytest.raises(IncompatibleError, match="no shared representation"):
+        make_run("uniform+mgda_ub", SCENARIO, 0, "smoke")
+
+
+def _fake_record(tmp: Path, label: str, seed: int, value: float, profile: str = "default",
+                 scenario: str = "medmnist_mola") -> None:
+    tasks = [{"name": "breastmnist", "label": "Breast", "kind": "classification",
+              "num_outputs": 2, "metrics": [{"name": "accuracy", "label": "Acc",
+                                             "higher_is_better": True}]}]
+    record = {"kind": "run", "method": label, "label": label, "scenario": scenario,
+              "seed": seed, "profile": profile, "config": {"heterogeneity": "multi_input"},
+              "config_hash": f"{label}{seed}", "status": "ok", "tasks": tasks,
+              "metrics": {"val": {"breastmnist": {"accuracy": value}},
+                          "test": {"breastmnist": {"accuracy": value}}},
+              "trainable_params": 10, "total_params": 10, "wall_time_s": 1.0, "versions": {}}
+    write_json_atomic(tmp / profile / scenario / label / f"seed{seed}.json", record)
+
+
+def test_zero_baseline_makes_delta_m_undefined_not_a_crash(tmp_path: Path) -> None:
+    _fake_record(tmp_path, "single_task", 0, 0.0)
+    _fake_record(tmp_path, "hps", 0, 50.0)
+    text, bad = render(tmp_path, tmp_path / "lb.md")
+    assert not bad and "Δm% undefined" in text
+
+
+def test_paper_profile_tables_show_the_papers_numbers(tmp_path: Path) -> None:
+    _fake_record(tmp_path, "single_task", 0, 80.0, profile="paper")
+    _fake_record(tmp_path, "mola_grad", 0, 85.0, profile="paper")
+    text, _ = render(tmp_path, tmp_path / "lb.md")
+    assert "Reported in Table 4" in text and "| mola_grad (MoLA-Grad) |" in text
+    assert "87.82" in text  # MoLA-Grad's Breast accuracy in MoLA Table 4
+    assert "(Uniform)" not in text  # only methods we ran
+    other = tmp_path / "other"
+    _fake_record(other, "single_task", 0, 80.0)
+    _fake_record(other, "mola_grad", 0, 85.0)
+    text_default, _ = render(other, tmp_path / "lb2.md")
+    assert "Reported in" not in text_default  # the papers' numbers sit beside paper runs only
+
+
+def test_committed_records_match_the_current_configs() -> None:
+    """The records shipped in results/ must still be what `run --all` would produce: same
+    config, same hash (otherwise a fresh clone silently re-runs them)."""
+    from bench.plan import build_config, canonical_json, config_hash
+
+    records, bad = load_records(Path(__file__).resolve().parents[1] / "results")
+    if not records:
+        pytest.skip("no committed records")
+    assert not bad
+    for rec in records:
+        cfg = build_config(rec["method"], rec["scenario"], rec["seed"], rec["profile"],
+                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
+        assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
+        assert config_hash(cfg) == rec["config_hash"]
