@@ -83,3 +83,13 @@ register_ablation(
      for method in ("hps", "mola_router", "mola_grad")
      for label, overrides in (("ResNet", {}), ("Transformer", {"backbone.name": "swin_embedded"}))],
 )
+register_ablation(
+    "mtlora_locations",
+    "MTLoRA without the low-rank modules of one location (MTLoRA Table 2: no FC1 / FC2 / "
+    "projection / QKV)",
+    ("digits_scene",),
+    [("mtlora (all)", "mtlora", {})]
+    + [(f"mtlora (no {loc})", "mtlora",
+        {"arch.locations": [x for x in ("qkv", "proj", "fc1", "fc2") if x != loc]})
+       for loc in ("fc1", "fc2", "proj", "qkv")],
+)

@@ -121,6 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"estimated cost of the {len(todo)} runs to do: {estimate / 60:.1f} min of "
                   f"single-run time (from earlier records), ~{estimate / 60 / args.jobs:.1f} min "
                   f"with --jobs {args.jobs}", file=sys.stderr)
+        elif todo:
+            print("no earlier records of these scenarios and profile: no cost estimate",
+                  file=sys.stderr)
         for run in the_plan.runs:
             state = "todo" if run in todo else "done"
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
@@ -199,13 +202,14 @@ def _estimate_seconds(runs: list[Any], results_dir: Path) -> float | None:
             loose.setdefault((rec["scenario"], rec["profile"]), []).append(rec["wall_time_s"])
     if not records:
         return None
-    total = 0.0
+    total, matched = 0.0, 0
     for run in runs:
         times = exact.get((run.scenario, run.display, run.profile)) or loose.get(
             (run.scenario, run.profile))
         if times:
             total += statistics.median(times)
-    return total
+            matched += 1
+    return total if matched else None
 
 
 def _label(method: str, overrides: dict[str, Any]) -> str:

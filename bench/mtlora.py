@@ -65,9 +65,10 @@ class MTLoRALinear(nn.Module):
         self.reset_lora()
 
     def reset_lora(self) -> None:
-        nn.init.kaiming_uniform_(self.lora_shared_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_shared_B)
-        for t in self.tasks:
+        if self.rank > 0:
+            nn.init.kaiming_uniform_(self.lora_shared_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_shared_B)
+        for t in self.tasks if self.task_rank > 0 else ():
             nn.init.kaiming_uniform_(self.lora_task_A[t], a=math.sqrt(5))
             nn.init.zeros_(self.lora_task_B[t])
 
@@ -300,6 +301,10 @@ def _block_attention_pre_proj(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.roll(out, shifts=shift, dims=(1, 2)) if has_shift else out
 
 
+#: the linear layers of a Swin block that MTLoRA adapts (§3.2, Table 2)
+LOCATIONS = ("qkv", "proj", "fc1", "fc2")
+
+
 class MTLoRASwin(nn.Module):
     """A :class:`SwinBackbone` adapted with TA-LoRA everywhere and TS-LoRA in each stage's last
     block (proj, FC1, FC2), returning each task's multi-scale features (§3.2-§3.3).
@@ -312,8 +317,13 @@ class MTLoRASwin(nn.Module):
     def __init__(self, backbone: SwinBackbone, tasks: Sequence[str],
                  rank: int | Sequence[int] = 32, task_rank: int | Sequence[int] = 4,
                  scale: float = 4.0, task_scale: float = 4.0, dropout: float = 0.05,
-                 plus: bool = False) -> None:
+                 plus: bool = False, locations: Sequence[str] = LOCATIONS) -> None:
         super().__init__()
+        unknown = set(locations) - set(LOCATIONS)
+        if unknown:
+            raise ValueError(f"unknown MTLoRA locations {sorted(unknown)}; choose from "
+                             f"{', '.join(LOCATIONS)}")
+        self.locations = tuple(locations)
         self.backbone = backbone
         self.tasks = tuple(tasks)
         self.plus = plus
@@ -325,13 +335,16 @@ class MTLoRASwin(nn.Module):
         for s, stage in enumerate(model.layers):
             common = {"rank": ranks[s], "scale": scale, "task_scale": task_scale,
                       "dropout": dropout, "task_rank": task_ranks[s]}
+            # a location left out (MTLoRA Table 2) keeps its frozen weight: rank 0 everywhere
+            off = {**common, "rank": 0, "task_rank": 0}
+            at = {loc: common if loc in self.locations else off for loc in LOCATIONS}
             last = len(stage.blocks) - 1
             for i, blk in enumerate(stage.blocks):
                 ts = self.tasks if i == last else ()
-                blk.attn.qkv = MTLoRALinear(blk.attn.qkv, **common)
-                blk.attn.proj = MTLoRALinear(blk.attn.proj, tasks=ts, **common)
-                blk.mlp.fc1 = MTLoRALinear(blk.mlp.fc1, tasks=ts, **common)
-                blk.mlp.fc2 = MTLoRALinear(blk.mlp.fc2, tasks=ts, **common)
+                blk.attn.qkv = MTLoRALinear(blk.attn.qkv, **at["qkv"])
+                blk.attn.proj = MTLoRALinear(blk.attn.proj, tasks=ts, **at["proj"])
+                blk.mlp.fc1 = MTLoRALinear(blk.mlp.fc1, tasks=ts, **at["fc1"])
+                blk.mlp.fc2 = MTLoRALinear(blk.mlp.fc2, tasks=ts, **at["fc2"])
             if plus and not isinstance(stage.downsample, nn.Identity):
                 stage.downsample.reduction = MTLoRALinear(stage.downsample.reduction, **common)
         for name, p in model.named_parameters():
@@ -440,7 +453,8 @@ class MTLoRA(CompatArchitecture):
             backbone, self.task_name, rank=kwargs.get("rank", DEFAULTS["rank"]),
             task_rank=kwargs.get("task_rank", 4), scale=kwargs.get("scale", 4.0),
             task_scale=kwargs.get("task_scale", 4.0), dropout=kwargs.get("dropout", 0.05),
-            plus=kwargs.get("plus", self.plus))
+            plus=kwargs.get("plus", self.plus),
+            locations=tuple(kwargs.get("locations", LOCATIONS)))
         tasks: tuple[TaskSpec, ...] = kwargs["tasks"]
         out_size = tuple(kwargs["input_shape"][1:])
         channels = tuple(kwargs.get("decoder_channels", (18, 36, 72, 144)))

@@ -202,6 +202,23 @@ def test_table1_trainable_counts(plus: bool, rank: int, task_rank: int, expected
         assert round((total - norms) / 1e6, 2) == 8.32
 
 
+@pytest.mark.parametrize("removed,expected", [
+    ("fc1", 6.81), ("fc2", 6.81), ("proj", 7.73), ("qkv", 7.21)])
+def test_table2_counts_without_one_location(removed: str, expected: float) -> None:
+    """MTLoRA Table 2 (Swin-T, the 8.34M configuration): trainable parameters when the low-rank
+    modules of one location are removed."""
+    locations = tuple(loc for loc in ("qkv", "proj", "fc1", "fc2") if loc != removed)
+    model = build(PASCAL, backbone="swin_t", backbone_kwargs={}, input_shape=(3, 448, 448),
+                  rank=64, task_rank=4, decoder_channels=(18, 36, 72, 144), locations=locations)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert abs(total / 1e6 - expected) <= 0.01, total
+
+
+def test_unknown_location_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown MTLoRA locations"):
+        build(locations=("qkv", "mlp"))
+
+
 # ----------------------------------------------------------------------------------- gradients
 
 
