@@ -37,8 +37,6 @@
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -48,12 +46,96 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.compat import CompatArchitecture
+from bench.perf import median_ms
 
 Path = Literal["auto", "grouped", "split", "sum"]
 PATHS: tuple[str, ...] = ("auto", "grouped", "split", "sum")
 
 
-class MoLAConv2d(nn.Module):
+class _MoLALayer(nn.Module):
+    """What :class:`MoLAConv2d` and :class:`MoLALinear` share: the mixture state set by
+    :func:`mixture`, the choice of path, and the split-by-task path. Subclasses define ``delta``,
+    ``forward_single`` (one adapter for all rows), ``forward_sum``, ``forward_grouped`` and how
+    rows map to samples (``_samples`` / ``_unsamples``)."""
+
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+
+    def _init_mixture(self, num_adapters: int, rank: int, alpha: float, path: Path) -> None:
+        if path not in PATHS:
+            raise ValueError(f"unknown MoLA path {path!r}; choose one of {PATHS}")
+        self.num_adapters = num_adapters
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.path: Path = path
+        # the mixture of the current forward pass, set by :func:`mixture`
+        self.task_ids: torch.Tensor | None = None
+        self.task: int | None = None
+        self.weights: torch.Tensor | None = None
+
+    def adapter_params_per_adapter(self) -> int:
+        return self.lora_A[0].numel() + self.lora_B[0].numel()
+
+    def forward_single(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_sum(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_grouped(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _samples(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """``x`` with one row per sample of the mixture's ``n`` samples."""
+        return x
+
+    def _unsamples(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def forward_split(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """One-hot α: ``forward_single`` once per task present in the batch."""
+        first = task_ids[0]
+        if bool((task_ids == first).all()):
+            return self.forward_single(x, int(first))
+        xs = self._samples(x, task_ids.shape[0])
+        if bool((task_ids[1:] >= task_ids[:-1]).all()):  # rows already grouped by task
+            tasks, counts = torch.unique_consecutive(task_ids, return_counts=True)
+            chunks = torch.split(xs, counts.tolist())
+            out = torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
+            return self._unsamples(out, x)
+        order = torch.argsort(task_ids, stable=True)
+        tasks, counts = torch.unique_consecutive(task_ids[order], return_counts=True)
+        chunks = torch.split(xs[order], counts.tolist())
+        out = torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return self._unsamples(out[inverse], x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self.path
+        if self.weights is not None:  # soft α (MoLA-Router)
+            if path == "grouped":
+                return self.forward_grouped(x, self.weights)
+            if path == "split":
+                raise ValueError("the split path needs one-hot α (task ids)")
+            return self.forward_sum(x, self.weights)
+        if self.task is not None:
+            if path in ("auto", "split"):
+                return self.forward_single(x, self.task)
+            task_ids = torch.full((x.shape[0],), self.task, dtype=torch.long, device=x.device)
+        elif self.task_ids is not None:
+            task_ids = self.task_ids
+        else:
+            raise RuntimeError(f"{type(self).__name__} called outside `with mixture(...)`")
+        if path in ("auto", "split"):
+            return self.forward_split(x, task_ids)
+        one_hot = F.one_hot(task_ids, self.num_adapters).to(x.dtype)
+        if path == "grouped":
+            return self.forward_grouped(x, one_hot)
+        return self.forward_sum(x, one_hot)
+
+
+class MoLAConv2d(_MoLALayer):
     """A convolution with K low-rank adapters mixed per sample (MoLA Eq. 1)."""
 
     def __init__(self, conv: nn.Conv2d, num_adapters: int, rank: int = 4, alpha: float = 16.0,
@@ -62,29 +144,17 @@ class MoLAConv2d(nn.Module):
         kh, kw = conv.kernel_size
         if kh != kw or conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError("MoLAConv2d needs a square kernel, groups=1 and zero padding")
-        if path not in PATHS:
-            raise ValueError(f"unknown MoLA path {path!r}; choose one of {PATHS}")
+        self._init_mixture(num_adapters, rank, alpha, path)
         self.base = conv
         self.k = kh
-        self.num_adapters = num_adapters
-        self.rank = rank
-        self.scaling = alpha / rank
-        self.path: Path = path
         c_out, c_in = conv.out_channels, conv.in_channels
         self.lora_A = nn.Parameter(torch.empty(num_adapters, rank * kh, c_in * kh))
         self.lora_B = nn.Parameter(torch.zeros(num_adapters, c_out * kh, rank * kh))
         for a in self.lora_A:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        # the mixture of the current forward pass, set by :func:`mixture`
-        self.task_ids: torch.Tensor | None = None
-        self.task: int | None = None
-        self.weights: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"adapters={self.num_adapters}, rank={self.rank}, scaling={self.scaling:g}"
-
-    def adapter_params_per_adapter(self) -> int:
-        return self.lora_A[0].numel() + self.lora_B[0].numel()
 
     def delta(self, index: int | torch.Tensor | None = None) -> torch.Tensor:
         """``ΔW`` of one adapter (C_out, C_in, k, k), or of all adapters (K, C_out, C_in, k, k)."""
@@ -103,23 +173,6 @@ class MoLAConv2d(nn.Module):
     def forward_single(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """All rows use adapter ``task``: one convolution with ``W + ΔW_task``."""
         return self._conv(x, self.base.weight + self.delta(task), self.base.bias)
-
-    def forward_split(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """One-hot α: one convolution per task present in the batch."""
-        first = task_ids[0]
-        if bool((task_ids == first).all()):
-            return self.forward_single(x, int(first))
-        if bool((task_ids[1:] >= task_ids[:-1]).all()):  # rows already grouped by task
-            tasks, counts = torch.unique_consecutive(task_ids, return_counts=True)
-            chunks = torch.split(x, counts.tolist())
-            return torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
-        order = torch.argsort(task_ids, stable=True)
-        tasks, counts = torch.unique_consecutive(task_ids[order], return_counts=True)
-        chunks = torch.split(x[order], counts.tolist())
-        out = torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return out[inverse]
 
     def forward_sum(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``conv(x, W) + Σ_k α_k ⊙ conv(x, ΔW_k)`` as one convolution with stacked weights."""
@@ -145,31 +198,6 @@ class MoLAConv2d(nn.Module):
             out = out + self.base.bias.view(1, -1, 1, 1)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self.path
-        if self.weights is not None:  # soft α (MoLA-Router)
-            if path == "grouped":
-                return self.forward_grouped(x, self.weights)
-            if path == "split":
-                raise ValueError("the split path needs one-hot α (task ids)")
-            return self.forward_sum(x, self.weights)
-        if self.task is not None:
-            task_ids = None
-            if path in ("auto", "split"):
-                return self.forward_single(x, self.task)
-        else:
-            task_ids = self.task_ids
-        if task_ids is None:
-            if self.task is None:
-                raise RuntimeError("MoLAConv2d called outside `with mixture(...)`")
-            task_ids = torch.full((x.shape[0],), self.task, dtype=torch.long, device=x.device)
-        if path in ("auto", "split"):
-            return self.forward_split(x, task_ids)
-        one_hot = F.one_hot(task_ids, self.num_adapters).to(x.dtype)
-        if path == "grouped":
-            return self.forward_grouped(x, one_hot)
-        return self.forward_sum(x, one_hot)
-
 
 def _per_sample(x: torch.Tensor, n: int) -> torch.Tensor:
     """``x`` (R, ..., C) with ``R = n·m`` rows, the m rows of each sample contiguous, as
@@ -180,35 +208,24 @@ def _per_sample(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.reshape(n, -1, x.shape[-1])
 
 
-class MoLALinear(nn.Module):
+class MoLALinear(_MoLALayer):
     """A linear layer with K low-rank adapters mixed per sample (MoLA Eq. 1 for ``nn.Linear``;
     the Transformer of §5.5, Table 8)."""
 
     def __init__(self, linear: nn.Linear, num_adapters: int, rank: int = 4, alpha: float = 16.0,
                  path: Path = "auto") -> None:
         super().__init__()
-        if path not in PATHS:
-            raise ValueError(f"unknown MoLA path {path!r}; choose one of {PATHS}")
+        self._init_mixture(num_adapters, rank, alpha, path)
         self.base = linear
-        self.num_adapters = num_adapters
-        self.rank = rank
-        self.scaling = alpha / rank
-        self.path: Path = path
         w = linear.weight
         self.lora_A = nn.Parameter(w.new_empty(num_adapters, rank, linear.in_features))
         self.lora_B = nn.Parameter(w.new_zeros(num_adapters, linear.out_features, rank))
         for a in self.lora_A:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.task_ids: torch.Tensor | None = None
-        self.task: int | None = None
-        self.weights: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.base.in_features}->{self.base.out_features}, adapters={self.num_adapters},"
                 f" rank={self.rank}, scaling={self.scaling:g}")
-
-    def adapter_params_per_adapter(self) -> int:
-        return self.lora_A[0].numel() + self.lora_B[0].numel()
 
     def delta(self, index: int | torch.Tensor | None = None) -> torch.Tensor:
         """``ΔW`` of one adapter (C_out, C_in), or of all adapters (K, C_out, C_in)."""
@@ -216,24 +233,16 @@ class MoLALinear(nn.Module):
             return torch.bmm(self.lora_B, self.lora_A) * self.scaling
         return (self.lora_B[index] @ self.lora_A[index]) * self.scaling
 
+    def _samples(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return _per_sample(x, n)
+
+    def _unsamples(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out.reshape(*x.shape[:-1], -1)
+
     # ---- paths -------------------------------------------------------------------------------
     def forward_single(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """All rows use adapter ``task``: one matmul with ``W + ΔW_task``."""
         return F.linear(x, self.base.weight + self.delta(task), self.base.bias)
-
-    def forward_split(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """One-hot α (``task_ids`` per sample): one matmul per task present in the batch."""
-        first = task_ids[0]
-        if bool((task_ids == first).all()):
-            return self.forward_single(x, int(first))
-        xs = _per_sample(x, task_ids.shape[0])
-        order = torch.argsort(task_ids, stable=True)
-        tasks, counts = torch.unique_consecutive(task_ids[order], return_counts=True)
-        chunks = torch.split(xs[order], counts.tolist())
-        out = torch.cat([self.forward_single(c, int(t)) for c, t in zip(chunks, tasks)])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return out[inverse].reshape(*x.shape[:-1], -1)
 
     def forward_sum(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``x Wᵀ + b + Σ_k α_{n,k} · s · (x A_kᵀ) B_kᵀ`` (the low-rank products, weighted)."""
@@ -254,29 +263,6 @@ class MoLALinear(nn.Module):
         if self.base.bias is not None:
             out = out + self.base.bias
         return out.reshape(*x.shape[:-1], -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self.path
-        if self.weights is not None:  # soft α (MoLA-Router)
-            if path == "grouped":
-                return self.forward_grouped(x, self.weights)
-            if path == "split":
-                raise ValueError("the split path needs one-hot α (task ids)")
-            return self.forward_sum(x, self.weights)
-        if self.task is not None:
-            if path in ("auto", "split"):
-                return self.forward_single(x, self.task)
-            task_ids = torch.full((x.shape[0],), self.task, dtype=torch.long, device=x.device)
-        elif self.task_ids is not None:
-            task_ids = self.task_ids
-        else:
-            raise RuntimeError("MoLALinear called outside `with mixture(...)`")
-        if path in ("auto", "split"):
-            return self.forward_split(x, task_ids)
-        one_hot = F.one_hot(task_ids, self.num_adapters).to(x.dtype)
-        if path == "grouped":
-            return self.forward_grouped(x, one_hot)
-        return self.forward_sum(x, one_hot)
 
 
 MoLALayer = MoLAConv2d | MoLALinear
@@ -533,16 +519,6 @@ def pc_ratio(weight: torch.Tensor, factor: float = 0.99) -> float:
 
 
 # ---- speed of the paths -------------------------------------------------------------------------
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
 def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256, size: int = 4,
                         tasks: int = 4, threads: int = 2) -> list[dict[str, Any]]:
     """Forward+backward time of one MoLA conv (3×3, ``channels``→``channels`` on ``size``² maps,
@@ -586,7 +562,7 @@ def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256,
         rows: list[dict[str, Any]] = []
         base_ms = 0.0
         for name, fn in cases:
-            ms = _time(step(fn), repeats)
+            ms = median_ms(step(fn), repeats)
             base_ms = base_ms or ms
             rows.append({"benchmark": f"MoLA conv fwd+bwd, batch {batch}, {channels}->{channels} "
                                       f"3x3 on {size}x{size}, {tasks} tasks, {threads} threads",

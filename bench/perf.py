@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds over ``repeats`` calls, after one warm-up."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -47,8 +48,8 @@ def multi_input_forward_benchmark(repeats: int = 5, scenario: str = "digits_task
         losses, _ = compute_losses(model, data, data.train, index, fused)
         losses.sum().backward()
 
-    per_task = _time(lambda: step(False), repeats)
-    fused = _time(lambda: step(True), repeats)
+    per_task = median_ms(lambda: step(False), repeats)
+    fused = median_ms(lambda: step(True), repeats)
     return [
         {"benchmark": f"HPS train step, {scenario}", "path": "one forward per task (LibMTL)",
          "ms": per_task, "ratio": 1.0},
