@@ -101,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if not (args.all or methods or scenarios):
             raise UsageError("nothing to run: use --all, or --method a,b and/or --scenario x,y")
-        the_plan = planning.expand(methods, scenarios, seeds, args.profile, run_all=args.all)
+        the_plan = planning.expand(methods, scenarios, seeds, args.profile, run_all=args.all,
+                                   require_data=not args.dry_run)
         if overrides:
             the_plan.runs = [planning.make_run(r.method, r.scenario, r.seed, r.profile, overrides,
                                                _label(r.method, overrides)) for r in the_plan.runs]
@@ -115,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     for method, scenario, reason in the_plan.skipped:
         print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
+    for scenario, problem in the_plan.missing_data:
+        print(f"  data missing for {scenario}: its runs cannot start yet ({problem})",
+              file=sys.stderr)
     if args.dry_run:
         estimate = _estimate_seconds(todo, results_dir)
         if estimate is not None:

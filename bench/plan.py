@@ -97,6 +97,8 @@ class Plan:
     runs: list[RunSpec]
     #: (method, scenario, reason) combinations left out because they cannot run
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (scenario, problem) planned for a dry run although their data are missing
+    missing_data: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _names(requested: list[str] | None, registry: Any, everything: bool) -> list[str]:
@@ -113,9 +115,11 @@ def _names(requested: list[str] | None, registry: Any, everything: bool) -> list
 
 
 def expand(method_names: list[str] | None, scenario_names: list[str] | None, seeds: list[int],
-           profile: str, run_all: bool = False) -> Plan:
+           profile: str, run_all: bool = False, require_data: bool = True) -> Plan:
     """Cross methods × scenarios × seeds. With ``--all`` (or a wildcard side), combinations that
-    cannot run are skipped and listed; when both sides are explicit they are errors."""
+    cannot run are skipped and listed; when both sides are explicit they are errors. With
+    ``require_data=False`` (``--dry-run``) a named scenario whose data are missing is planned
+    anyway and listed in ``plan.missing_data``."""
     method_list = _names(method_names, methods, run_all)
     scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
     explicit = bool(method_names) and bool(scenario_names)
@@ -130,10 +134,12 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
         try:  # real datasets: a missing file stops the plan before any training
             scen.check_data(profile)
         except DataMissingError as err:
-            if scenario_names:
+            if scenario_names and require_data:
                 raise
-            plan.skipped.append(("*", scenario, f"data missing ({err})"))
-            continue
+            if not scenario_names:
+                plan.skipped.append(("*", scenario, f"data missing ({err})"))
+                continue
+            plan.missing_data.append((scenario, str(err)))
         for method in method_list:
             try:
                 check_compatible(resolve_method(method), scen)

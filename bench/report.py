@@ -103,7 +103,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
             r["metrics"]["test"][t["name"]][m["name"]] for r in ok_base) for m in t["metrics"]}
             for t in tasks}
     rows = []
-    for label in sorted(by_label):
+    for label in sorted(by_label, key=_natural):
         recs = sorted(by_label[label], key=lambda r: r["seed"])
         ok = [r for r in recs if r["status"] == "ok"]
         excluded = [f"seed {r['seed']}: {r['status']}" for r in recs if r["status"] != "ok"]
@@ -129,6 +129,14 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
         rows.append(Row(label, [r["seed"] for r in ok], cells, avg, delta,
                         statistics.fmean(r["trainable_params"] for r in ok), excluded))
     return rows
+
+
+def _natural(label: str) -> list[Any]:
+    """Sort key putting ``r=4`` before ``r=16`` (numbers compared as numbers)."""
+    import re
+
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", label)]
 
 
 def _bold_best(rows: list[Row], key: Any, higher: bool) -> str | None:

@@ -256,3 +256,16 @@ def test_committed_records_match_the_current_configs() -> None:
                            rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
         assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
         assert config_hash(cfg) == rec["config_hash"]
+
+
+def test_dry_run_plans_a_scenario_whose_data_are_missing(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "no-data"))
+    args = ["run", "--method", "hps", "--scenario", "medmnist_mola", "--profile", "paper",
+            "--seeds", "0", "--results-dir", str(tmp_path / "r")]
+    assert main([*args, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "data missing for medmnist_mola" in captured.err
+    assert "todo  paper" in captured.out
+    assert main(args) == 2  # a real run still stops before training
+    assert not (tmp_path / "r").exists()
