@@ -55,6 +55,20 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+#: environment variables that change how a run loads its data or where it runs; a remote worker
+#: gets the submitting process's values (local workers inherit them anyway)
+FORWARDED_ENV = ("BENCH_DATA_ROOT", "BENCH_VERIFY_CHECKSUMS", "BENCH_DEVICE", "BENCH_PLUGIN_PATH")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _apply_env(env: dict[str, str] | None) -> None:
+    if env:
+        os.environ.update(env)
+
+
 def _lost(run: RunSpec, backend: str, err: BaseException) -> dict[str, Any]:
     """The summary of a task the engine lost (worker killed, job cancelled): no record."""
     return {"status": "failed", "label": run.display, "scenario": run.scenario,
@@ -72,10 +86,11 @@ class Backend:
 
 
 # ---------------------------------------------------------------- Dask
-def _dask_task(run: RunSpec, results_dir: str, threads: int | None, progress: bool
-               ) -> dict[str, Any]:
+def _dask_task(run: RunSpec, results_dir: str, threads: int | None, progress: bool,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     from bench.sweep import run_one
 
+    _apply_env(env)
     if threads is None:  # a remote worker: split this machine's cores between its threads
         from dask.distributed import get_worker
 
@@ -109,7 +124,8 @@ class DaskBackend(Backend):
             threads = max(1, _cores() // self.jobs)
         try:
             tag = uuid.uuid4().hex[:8]  # unique keys: a long-lived scheduler keeps old ones
-            futures = {client.submit(_dask_task, run, results_dir, threads, progress,
+            env = forwarded_env()
+            futures = {client.submit(_dask_task, run, results_dir, threads, progress, env,
                                      key=f"{run.display}/{run.scenario}/seed{run.seed}-"
                                          f"{run.config_hash[:8]}-{tag}"): run
                        for run in runs}
@@ -125,9 +141,11 @@ class DaskBackend(Backend):
 
 
 # ---------------------------------------------------------------- Ray
-def _ray_task(run: RunSpec, results_dir: str, progress: bool) -> dict[str, Any]:
+def _ray_task(run: RunSpec, results_dir: str, progress: bool,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     from bench.sweep import run_one
 
+    _apply_env(env)
     return run_one(run, results_dir, 1, progress)  # one CPU per task
 
 
@@ -152,7 +170,8 @@ class RayBackend(Backend):
                 ray.init(num_cpus=self.jobs, include_dashboard=False, log_to_driver=progress)
         try:
             task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
-            refs = {task.remote(run, results_dir, progress): run for run in runs}
+            env = forwarded_env()
+            refs = {task.remote(run, results_dir, progress, env): run for run in runs}
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
                 run = refs.pop(done[0])
@@ -234,10 +253,11 @@ def load_slurm_config(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def _slurm_task(run: RunSpec, results_dir: str, threads: int, progress: bool
-                ) -> dict[str, Any]:
+def _slurm_task(run: RunSpec, results_dir: str, threads: int, progress: bool,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
     from bench.sweep import run_one
 
+    _apply_env(env)
     return run_one(run, results_dir, threads, progress)
 
 
@@ -291,18 +311,19 @@ class SlurmBackend(Backend):
             return
         executor = self._executor(results_dir)
         n = len(runs)
+        env = forwarded_env()
         running: list[tuple[Any, RunSpec]] = []
         queue = list(runs)
         if self.cluster == "slurm":  # one array job; Slurm keeps --jobs of its tasks running
             jobs = executor.map_array(_slurm_task, runs, [results_dir] * n, [self.threads] * n,
-                                      [progress] * n)
+                                      [progress] * n, [env] * n)
             running, queue = list(zip(jobs, runs)), []
         while running or queue:
             # the local executor starts whatever it is given: keep --jobs in flight ourselves
             while queue and len(running) < self.jobs:
                 run = queue.pop(0)
                 running.append((executor.submit(_slurm_task, run, results_dir, self.threads,
-                                                progress), run))
+                                                progress, env), run))
             finished = [item for item in running if item[0].done()]
             if not finished:
                 time.sleep(self.poll_s)

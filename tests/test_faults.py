@@ -403,3 +403,24 @@ def test_backends_write_the_same_records_as_local(backend: str, local_reference:
     _one_record_per_run(results, 2)
     again = execute(runs, results, jobs=1, backend=backend, backend_options=options)
     assert again.already_done == 2 and again.results == []
+
+
+def test_remote_tasks_get_the_submitters_data_settings(monkeypatch) -> None:
+    """BENCH_DATA_ROOT & co. travel with every backend task (remote workers do not inherit the
+    submitting shell's environment)."""
+    from bench import backends, sweep
+
+    monkeypatch.setenv("BENCH_DATA_ROOT", "/data/on/the/cluster")
+    monkeypatch.delenv("BENCH_DEVICE", raising=False)
+    env = backends.forwarded_env()
+    assert env["BENCH_DATA_ROOT"] == "/data/on/the/cluster" and "BENCH_DEVICE" not in env
+    monkeypatch.delenv("BENCH_DATA_ROOT")
+    seen: list[str | None] = []
+    monkeypatch.setattr(sweep, "run_one",
+                        lambda *a, **k: seen.append(os.environ.get("BENCH_DATA_ROOT")) or {})
+    for task, args in ((backends._slurm_task, (None, "r", 1, False, env)),
+                       (backends._ray_task, (None, "r", False, env)),
+                       (backends._dask_task, (None, "r", 1, False, env))):
+        monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+        task(*args)
+    assert seen == ["/data/on/the/cluster"] * 3
