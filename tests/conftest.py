@@ -19,6 +19,18 @@ import torch
 
 from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
 
+
+@pytest.fixture(autouse=True)
+def _seed_every_test() -> None:
+    """Every test starts from the same random state, whatever ran before it."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
 INPUT_SHAPE = (1, 8, 8)
 TINY_BACKBONE = {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1), "strides": (1, 2, 1, 2)}
 SETUP = TrainingSetup(epochs=1, batch_size=8, optimizer="adam", lr=1e-2, eval_batch_size=64)
