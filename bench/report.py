@@ -31,6 +31,14 @@ HETEROGENEITY_TITLES = {
 }
 
 
+def reports_average(tasks: list[dict[str, Any]]) -> bool:
+    """"Avg" (the mean of the tasks' primary metrics) is meaningful when every task's primary
+    metric is the same higher-is-better metric (``tasks`` as stored in records)."""
+    primaries = [t["metrics"][0] for t in tasks]
+    return all(m["higher_is_better"] for m in primaries) and len(
+        {m["name"] for m in primaries}) == 1
+
+
 def delta_m(metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
             tasks: list[dict[str, Any]]) -> float:
     """Δm% of ``metrics`` against ``baseline`` (``{task: {metric: value}}``); lower is better."""
@@ -270,8 +278,7 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
             else:
                 lines += [f"### {title} — `{key[1]}`", ""]
                 base_records = by_label.get(BASELINE, [])
-            report_average = all(m["higher_is_better"] for t in tasks for m in t["metrics"][:1])
-            report_average = report_average and len({t["metrics"][0]["name"] for t in tasks}) == 1
+            report_average = reports_average(tasks)
             rows = _rows(by_label, base_records, tasks, report_average)
             lines += _table(rows, tasks, report_average, BASELINE if not ablation else "")
             notes = [f"{r.label}: {', '.join(r.excluded)}" for r in rows if r.excluded]

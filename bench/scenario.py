@@ -120,9 +120,14 @@ class ScenarioData:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     #: all tasks share one label space (domain heterogeneity): Uniform uses one head
     shared_label_space: bool = False
-    #: the leaderboard shows the mean of the primary metrics ("Avg") when it is meaningful
-    report_average: bool = True
     description: str = ""
+
+    @property
+    def report_average(self) -> bool:
+        """Whether the leaderboard shows "Avg" (:func:`bench.report.reports_average`)."""
+        from bench.report import reports_average
+
+        return reports_average([t.describe() for t in self.tasks])
 
     @property
     def multi_input(self) -> bool:

@@ -128,6 +128,6 @@ class DigitsScene(Scenario):
             name=self.name, heterogeneity="single_input", tasks=tasks,
             input_shape=(1, SIZE, SIZE), train=splits["train"], val=splits["val"],
             test=splits["test"], training=self.setup(profile), backbone="resnet",
-            backbone_kwargs={"widths": WIDTHS, "strides": STRIDES}, report_average=False,
+            backbone_kwargs={"widths": WIDTHS, "strides": STRIDES},
             description=(__doc__ or "").strip().splitlines()[0],
         )

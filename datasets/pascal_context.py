@@ -197,4 +197,4 @@ class PascalContext(RealScenario):
             input_shape=(3, size, size), train=train, val=val, test=Split(test_x, test_y),
             training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
             backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
-            report_average=False, description=self.description)
+            description=self.description)
