@@ -24,9 +24,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from bench.method import MethodSpec, build_model, check_compatible, count_parame
 from bench.metrics import METRICS, task_loss
 from bench.registry import scenarios
 from bench.scenario import Scenario, ScenarioData, Split, TrainingSetup
+from bench.streaming import is_lazy, prefetched
 
 
 class DivergedError(RuntimeError):
@@ -109,32 +110,58 @@ def make_optimizer(params: Any, setup: TrainingSetup) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {setup.optimizer!r}")
 
 
-def _task_input(split: Split, task: str) -> torch.Tensor:
+def _task_input(split: Split, task: str) -> Any:
     return split.inputs[task] if isinstance(split.inputs, dict) else split.inputs
+
+
+Batch = tuple[Any, dict[str, torch.Tensor]]
+
+
+def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]) -> Batch:
+    """The CPU tensors of one training batch: the inputs (one tensor, or one per task in
+    multi-input scenarios) and each task's targets. Streamed splits read them here."""
+    names = data.task_names
+    if data.multi_input:
+        x: Any = {t: split.inputs[t][index[t]] for t in names}  # type: ignore[index]
+    else:
+        x = split.inputs[index[names[0]]]  # type: ignore[index]
+    return x, {t: split.targets[t][index[t]] for t in names}
+
+
+def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
+                 ) -> tuple[torch.Tensor, dict]:
+    """Forward one fetched training batch; return the per-task losses ``(T,)`` and the
+    predictions."""
+    names = data.task_names
+    dev = _device_of(model)
+    xs, cpu_targets = batch
+    targets = {t: cpu_targets[t].to(dev) for t in names}
+    if not data.multi_input:
+        out = model(xs.to(dev))
+    elif fused:
+        parts = [xs[t] for t in names]
+        task_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long)
+                              for i, x in enumerate(parts)])
+        out = model(torch.cat(parts).to(dev), task_ids=task_ids.to(dev))
+    else:
+        out = {}
+        for t in names:
+            out.update(model(xs[t].to(dev), task_name=t))
+    losses = torch.stack([task_loss(task.kind, out[task.name], targets[task.name])
+                          for task in data.tasks])
+    return losses, out
 
 
 def compute_losses(model: nn.Module, data: ScenarioData, split: Split,
                    index: dict[str, torch.Tensor], fused: bool) -> tuple[torch.Tensor, dict]:
-    """Forward one training batch; return the per-task losses ``(T,)`` and the predictions."""
-    names = data.task_names
-    dev = _device_of(model)
-    if not data.multi_input:
-        x = split.inputs[index[names[0]]].to(dev)  # type: ignore[index]
-        out = model(x)
-        targets = {t: split.targets[t][index[t]].to(dev) for t in names}
-    elif fused:
-        xs = [split.inputs[t][index[t]] for t in names]  # type: ignore[index]
-        task_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(xs)])
-        out = model(torch.cat(xs).to(dev), task_ids=task_ids.to(dev))
-        targets = {t: split.targets[t][index[t]].to(dev) for t in names}
-    else:
-        out, targets = {}, {}
-        for t in names:
-            out.update(model(split.inputs[t][index[t]].to(dev), task_name=t))  # type: ignore[index]
-            targets[t] = split.targets[t][index[t]].to(dev)
-    losses = torch.stack([task_loss(task.kind, out[task.name], targets[task.name])
-                          for task in data.tasks])
-    return losses, out
+    """Fetch and forward one training batch; return the per-task losses ``(T,)`` and the
+    predictions."""
+    return batch_losses(model, data, fetch_batch(data, split, index), fused)
+
+
+def is_streamed(split: Split) -> bool:
+    """Whether ``split`` reads its samples on demand (then batches are fetched ahead)."""
+    return is_lazy(split.inputs) or is_lazy(split.targets)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -162,11 +189,18 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
         chunks = [(None, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
     kinds = {t.name: t.kind for t in data.tasks}
     dev = _device_of(model)
-    for task_name, sl in chunks:
-        x = _task_input(split, task_name or data.task_names[0])[sl].to(dev)
+
+    def fetch(task_name: str | None, sl: slice) -> Batch:
+        evaluated = [task_name] if task_name else data.task_names
+        x = _task_input(split, task_name or data.task_names[0])[sl]
+        return x, {t: split.targets[t][sl] for t in evaluated}
+
+    fetches = (partial(fetch, task_name, sl) for task_name, sl in chunks)
+    for (task_name, _), (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
+        x = x.to(dev)
         out = model(x, task_name=task_name) if task_name else model(x)
         for t, pred in out.items():
-            y = split.targets[t][sl].to(dev)
+            y = ys[t].to(dev)
             loss_sums[t] += float(task_loss(kinds[t], pred, y)) * len(y)
             counts[t] += len(y)
             for acc in accs[t].values():
@@ -222,15 +256,22 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     history: list[dict[str, float]] = []
     step = 0
     total_steps = steps_per_epoch * setup.epochs
-    for epoch in range(setup.epochs):
-        model.train()
+    streamed = is_streamed(data.train)
+
+    def epoch_batches() -> Iterator[Callable[[], Batch]]:
+        """One epoch's batch fetches; the indices are drawn when the fetch is created."""
         for _ in range(steps_per_epoch):
             if data.multi_input:
                 index = {t: samplers[t].next(setup.batch_size) for t in names}
             else:
                 idx = shared.next(setup.batch_size)
                 index = {t: idx for t in names}
-            losses, _ = compute_losses(model, data, data.train, index, fused)
+            yield partial(fetch_batch, data, data.train, index)
+
+    for epoch in range(setup.epochs):
+        model.train()
+        for batch in prefetched(epoch_batches(), streamed):
+            losses, _ = batch_losses(model, data, batch, fused)
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
