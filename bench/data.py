@@ -28,9 +28,12 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.scenario import DataMissingError, Scenario
+
+if TYPE_CHECKING:
+    from bench.streaming import LazySamples
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 VERIFY_ENV = "BENCH_VERIFY_CHECKSUMS"
@@ -178,6 +181,20 @@ def load_image(path: Path, size: int, channels: int) -> Any:
         arr = np.asarray(img, dtype=np.uint8)
     t = torch.from_numpy(arr.copy()).float().div_(255.0)
     return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1).contiguous()
+
+
+def image_files(paths: list[Path], size: int, channels: int, name: str) -> LazySamples:
+    """Image files read on demand as ``(channels, size, size)`` floats (:func:`load_image`)."""
+    from bench.streaming import LazySamples
+
+    def read(i: int) -> Any:
+        try:
+            return load_image(paths[i], size, channels)
+        except (OSError, ValueError) as err:
+            raise DataMissingError(f"cannot read image {paths[i]} ({err}); replace the file "
+                                   "or remove it from the dataset folder") from None
+
+    return LazySamples.per_sample(read, len(paths), (channels, size, size), name)
 
 
 def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Any, Any, Any]:
@@ -371,7 +388,8 @@ class DomainBedScenario(RealScenario):
 
     Splits: each domain's images are split by a seeded permutation into 80 / 10 / 10 % train /
     val / test (MoLA does not publish its split; DomainBed holds out 20 %). Images are RGB,
-    resized bilinearly to S×S, as floats in [0, 1].
+    resized bilinearly to S×S, as floats in [0, 1], read from disk batch by batch
+    (:mod:`bench.streaming`; nothing but the file list is held in memory).
     """
 
     heterogeneity = "domain"
@@ -447,8 +465,8 @@ class DomainBedScenario(RealScenario):
                 if not chosen:
                     raise DataMissingError(f"{self.name}: domain {folder} has too few images "
                                            f"for a {split} split")
-                parts[split]["inputs"][task] = torch.stack(
-                    [load_image(p, size, 3) for p, _ in chosen])
+                parts[split]["inputs"][task] = image_files([p for p, _ in chosen], size, 3,
+                                                           f"{self.name}/{task}/{split}")
                 parts[split]["targets"][task] = torch.tensor([c for _, c in chosen])
         tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
                                label=label) for task, label, _ in self.domains)

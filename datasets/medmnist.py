@@ -15,15 +15,16 @@ package's ``INFO`` dict; ``python -m bench data download medmnist_mola`` fetches
 
 Each subset is a task with its own inputs and label space (MoLA's multi-input task
 heterogeneity). Inputs are ``(3, 28, 28)`` floats normalised to [-1, 1] (``(x/255 − 0.5)/0.5``,
-as MedMNIST's examples); grey subsets are repeated over 3 channels as a view (no memory cost).
+as MedMNIST's examples), converted from the uint8 arrays batch by batch (:mod:`bench.streaming`);
+grey subsets are repeated over 3 channels as a view (no memory cost).
 Multi-class and binary subsets are classification (accuracy, MoLA's metric), RetinaMNIST's
 ordinal grades included; ChestMNIST is ``multilabel`` (MedMNIST's ACC at 0.5, then AUC).
 The official train/val/test splits are kept.
 
 Profiles: ``paper`` — MoLA App. B and the reference code: ResNet-18, batch 128 (per task),
-SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine schedule, 100 epochs; all samples (~4.4 GB
-of float32 for the nine subsets). ``smoke`` — the first 64/32/32 train/val/test samples of each
-subset, a narrow ResNet, 1 epoch (for checking a download and for tests).
+SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine schedule, 100 epochs; all samples (~0.6 GB
+of uint8 in memory for the nine subsets). ``smoke`` — the first 64/32/32 train/val/test samples
+of each subset, a narrow ResNet, 1 epoch (for checking a download and for tests).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
 from bench.scenario import DataMissingError
+from bench.streaming import LazySamples
 
 MOLA_SUBSETS = ("pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist",
                 "dermamnist", "organamnist", "organsmnist", "chestmnist")
@@ -69,8 +71,9 @@ def task_spec(flag: str, label: str = "") -> TaskSpec:
 
 
 def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None
-             ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """One MedMNIST ``.npz`` as ``{split: (images (N, 3, 28, 28) in [-1, 1], labels)}``."""
+             ) -> dict[str, tuple[LazySamples, torch.Tensor]]:
+    """One MedMNIST ``.npz`` as ``{split: (images, labels)}``: the images stay uint8 in memory
+    and become ``(N, 3, 28, 28)`` floats in [-1, 1] batch by batch (:func:`to_inputs`)."""
     meta = info()[flag]
     multilabel = meta["task"].startswith("multi-label")
     try:
@@ -94,13 +97,20 @@ def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None
                 raise DataMissingError(f"{path}: {split}_images has shape {images.shape} and "
                                        f"{split}_labels {labels.shape}; expected (N, H, W[, 3]) "
                                        "and (N, K) with the same N")
-            x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-            x = (x - 0.5) / 0.5
-            x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+            x = LazySamples.from_array(np.ascontiguousarray(images), to_inputs,
+                                       (3, *images.shape[1:3]), f"{flag}/{split}")
             y = torch.from_numpy(np.asarray(labels))
             y = y.float() if multilabel else y.reshape(len(y), -1)[:, 0].long()
             out[split] = (x, y)
         return out
+
+
+def to_inputs(images: np.ndarray) -> torch.Tensor:
+    """uint8 images ``(N, H, W[, 3])`` as ``(N, 3, H, W)`` floats in [-1, 1]; grey images are
+    repeated over 3 channels as a view (no memory cost)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = (x - 0.5) / 0.5
+    return x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
 
 
 def _check_keys(path: Path, status: FileStatus) -> FileStatus:
@@ -161,7 +171,7 @@ class MedMNIST(RealScenario):
         root = self.root(data_root)
         verify = verify_checksums()
         limits = SMOKE_COUNTS if profile == "smoke" else None
-        splits: dict[str, dict[str, dict[str, torch.Tensor]]] = {
+        splits: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in SPLITS}
         for f in self.files():
             flag = f.path[:-len(".npz")]

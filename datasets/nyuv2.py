@@ -17,13 +17,14 @@ training folder (seeded, data seed 795) is held out for model selection.
 
 Profiles: ``paper`` — ResNet-18 (its 1/32 feature map upsampled by each task's dense head;
 MoLA's reference follows LibMTL's dense setup), Adam lr 1e-4, batch 128 (MoLA App. B: "for all
-experiments"), 200 epochs (LibMTL's NYUv2 default; MoLA does not state it); full resolution
-(~6 GB in memory). ``smoke`` — the first 8 training and 4 validation scenes at 72×96, a narrow
-ResNet, 1 epoch.
+experiments"), 200 epochs (LibMTL's NYUv2 default; MoLA does not state it); full resolution,
+each sample's four ``.npy`` files read per batch (:mod:`bench.streaming`). ``smoke`` — the first
+8 training and 4 validation scenes at 72×96, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_sce
 from bench.data import FileStatus, RealScenario, split_indices
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError
+from bench.streaming import LazySamples
 
 FOLDERS = ("image", "label", "depth", "normal")
 DATA_SEED = 795
@@ -78,6 +80,31 @@ def _check_shape(path: Path, sub: str, rel: str, count: int) -> FileStatus:
         return FileStatus(rel, False, f"{path.name} has shape {tuple(arr.shape)}; expected "
                                       f"(H, W{''.join(f', {d}' for d in SHAPES[sub])})")
     return FileStatus(rel, True, f"{count} samples")
+
+
+#: field -> folder of its .npy files
+FIELD_FOLDERS = {"image": "image", "segmentation": "label", "depth": "depth", "normal": "normal"}
+
+
+def read_field(folder: Path, sample: str, field: str, size: tuple[int, int]) -> torch.Tensor:
+    """One sample's ``field`` from ``folder/<field folder>/<sample>.npy`` at ``size``: the image
+    ``(3, H, W)`` (bilinear), ``segmentation`` ``(H, W)`` long with classes outside 0-12 → -1
+    (ignored), ``depth`` ``(1, H, W)`` and ``normal`` ``(3, H, W)`` (nearest: 0 stays
+    "missing")."""
+    arr = np.load(folder / FIELD_FOLDERS[field] / f"{sample}.npy")
+    if field == "segmentation":
+        if arr.ndim != 2:
+            raise ValueError(f"label has shape {arr.shape}, expected (H, W)")
+        seg = _resize(torch.from_numpy(arr.astype(np.int64)), size, "nearest")
+        seg[(seg < 0) | (seg >= 13)] = IGNORE_INDEX
+        return seg
+    expected = {"image": 3, "depth": 1, "normal": 3}[field]
+    arr = arr.reshape(*arr.shape[:2], -1) if field == "depth" else arr
+    if arr.ndim != 3 or arr.shape[-1] != expected:
+        raise ValueError(f"{field} has shape {arr.shape}, expected (H, W, {expected}) as in "
+                         "MTAN's preprocessed release")
+    chw = torch.from_numpy(np.moveaxis(arr, -1, 0).astype(np.float32))
+    return _resize(chw, size, "bilinear" if field == "image" else "nearest")
 
 
 @register_scenario("nyuv2")
@@ -125,34 +152,26 @@ class NYUv2(RealScenario):
         return TrainingSetup(epochs=200, batch_size=128, optimizer="adam", lr=1e-4,
                              eval_batch_size=16)
 
-    def _read(self, root: Path, split: str, ids: list[str], size: tuple[int, int]
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images, segs, depths, normals = [], [], [], []
-        for i in ids:
-            try:
-                img = np.load(root / split / "image" / f"{i}.npy")
-                seg = np.load(root / split / "label" / f"{i}.npy")
-                dep = np.load(root / split / "depth" / f"{i}.npy")
-                nor = np.load(root / split / "normal" / f"{i}.npy")
-            except (OSError, ValueError) as err:
-                raise DataMissingError(f"nyuv2: cannot read sample {split}/{i} ({err}); "
-                                       f"expected layout {self.layout}") from None
-            if img.ndim != 3 or img.shape[-1] != 3 or seg.shape != img.shape[:2]:
-                raise DataMissingError(
-                    f"nyuv2: sample {split}/{i} has image {img.shape} and label {seg.shape}; "
-                    "expected (H, W, 3) and (H, W) as in MTAN's preprocessed release")
-            images.append(_resize(torch.from_numpy(np.moveaxis(img, -1, 0).astype(np.float32)),
-                                  size, "bilinear"))
-            segs.append(_resize(torch.from_numpy(seg.astype(np.int64)), size, "nearest"))
-            depths.append(_resize(torch.from_numpy(
-                np.moveaxis(dep.reshape(*dep.shape[:2], -1), -1, 0).astype(np.float32)),
-                size, "nearest"))
-            normals.append(_resize(torch.from_numpy(
-                np.moveaxis(nor, -1, 0).astype(np.float32)), size, "nearest"))
-        seg_t = torch.stack(segs)
-        seg_t[(seg_t < 0) | (seg_t >= 13)] = IGNORE_INDEX
-        return torch.stack(images), {"segmentation": seg_t, "depth": torch.stack(depths),
-                                     "normal": torch.stack(normals)}
+    def _samples(self, root: Path, split: str, ids: list[str], size: tuple[int, int],
+                 name: str) -> tuple[LazySamples, dict[str, LazySamples]]:
+        """The images and targets of ``ids`` (in ``root/split``), read from disk per batch."""
+        h, w = size
+        shapes = {"image": (3, h, w), "segmentation": (h, w), "depth": (1, h, w),
+                  "normal": (3, h, w)}
+
+        def reader(field: str) -> Callable[[int], torch.Tensor]:
+            def read(i: int) -> torch.Tensor:
+                try:
+                    return read_field(root / split, ids[i], field, size)
+                except (OSError, ValueError) as err:
+                    raise DataMissingError(f"nyuv2: cannot read {field} of sample {split}/"
+                                           f"{ids[i]} ({err}); expected layout {self.layout}"
+                                           ) from None
+            return read
+
+        lazy = {f: LazySamples.per_sample(reader(f), len(ids), shape, f"nyuv2/{name}/{f}")
+                for f, shape in shapes.items()}
+        return lazy.pop("image"), lazy
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)
@@ -162,17 +181,17 @@ class NYUv2(RealScenario):
         test_ids = _sample_ids(root / "val" / "image")[:n_val]
         if len(train_ids) < 2:
             raise DataMissingError(f"nyuv2: {root / 'train'} needs at least 2 samples")
-        x, y = self._read(root, "train", train_ids, (h, w))
         n_hold = max(1, int(round(0.1 * len(train_ids))))
         tr, va, _ = split_indices(len(train_ids), (n_hold / len(train_ids), 0.0), DATA_SEED)
-        train = Split(x[tr], {k: v[tr] for k, v in y.items()})
-        val = Split(x[va], {k: v[va] for k, v in y.items()})
-        del x, y
-        test_x, test_y = self._read(root, "val", test_ids, (h, w))
+        train = Split(*self._samples(root, "train", [train_ids[i] for i in tr.tolist()], (h, w),
+                                     "train"))
+        val = Split(*self._samples(root, "train", [train_ids[i] for i in va.tolist()], (h, w),
+                                   "val"))
+        test = Split(*self._samples(root, "val", test_ids, (h, w), "test"))
         smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="single_input", tasks=TASKS, input_shape=(3, h, w),
-            train=train, val=val, test=Split(test_x, test_y), training=self.setup(profile),
+            train=train, val=val, test=test, training=self.setup(profile),
             backbone="resnet" if smoke else "resnet18",
             backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
             description=self.description)

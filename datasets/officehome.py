@@ -11,7 +11,7 @@ space. Splits, image handling: :class:`bench.data.DomainBedScenario` (seeded 80/
 domain, data seed 2017).
 
 Profiles: ``paper`` — MoLA App. B: ResNet-18, batch 128 (per domain), AdamW lr 1e-4, 224×224
-(~9.4 GB of float32 in memory); epochs are not stated (100). ``smoke`` — 32×32, at most 6
+(read from disk per batch); epochs are not stated (100). ``smoke`` — 32×32, at most 6
 images per class and domain, a narrow ResNet, 1 epoch.
 """
 

@@ -19,13 +19,14 @@ Splits: ``val`` is the test split (as in MTLoRA); 5 % of ``train`` (seeded, data
 held out for model selection.
 
 Profiles: ``paper`` — MTLoRA's Swin-T schedule (reference configs): AdamW, lr 5e-4 (wd 0.05),
-cosine, batch 32, 300 epochs; **deviation**: images at 128×128 instead of 448×448, so that the
-whole split fits in memory (~6 GB of float32; 448² would need ~70 GB). ``smoke`` — the first 6
-train / 3 val ids at 32×32, a narrow ResNet, 1 epoch (loader and layout checks, tests).
+cosine, batch 32, 300 epochs, images at 448×448; samples are read from disk batch by batch
+(:mod:`bench.streaming`: 448² float tensors of the whole split would take ~70 GB). ``smoke`` —
+the first 6 train / 3 val ids at 32×32, a narrow ResNet, 1 epoch (loader and layout checks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_sce
 from bench.data import FileStatus, RealScenario, split_indices
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError
+from bench.streaming import LazySamples
 
 DATA_SEED = 4998
 PERSON_CLASS = 15
@@ -50,7 +52,8 @@ HUMAN_PARTS = {
 #: folder -> file suffix, per task input
 LAYOUT = {"JPEGImages": ".jpg", "semseg/pascal-context": ".png", "human_parts": ".mat",
           "sal_distill": ".png", "normals_distill": ".png"}
-PROFILE_DATA = {"smoke": (32, 6, 3), "paper": (128, None, None)}
+#: profile -> (image size, max train ids, max val ids; None = all)
+PROFILE_DATA = {"smoke": (32, 6, 3), "paper": (448, None, None)}
 TASKS = (
     TaskSpec("semseg", "segmentation", 21, ("miou", "pixel_accuracy"), label="SemSeg"),
     TaskSpec("human_parts", "segmentation", 7, ("miou",), label="Human Parts"),
@@ -96,6 +99,46 @@ def _resize(arr: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
     return y.reshape(*arr.shape[:-2], size, size).to(arr.dtype)
 
 
+def _png(path: Path) -> np.ndarray[Any, Any]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def read_field(root: Path, sample: str, field: str, size: int) -> torch.Tensor:
+    """One sample's ``field`` (``image`` or a task) at ``size``²: the image bilinearly resized
+    to floats in [0, 1] ``(3, S, S)``; label maps resized nearest — ``semseg`` (255 → ignored),
+    ``human_parts`` (:func:`read_human_parts`), ``saliency`` (0/1 floats, threshold 127),
+    ``normals`` (``(3, S, S)``, ``2·rgb/255 − 1``, zero where the encoded vector is invalid)."""
+    from PIL import Image
+
+    if field == "image":
+        with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:
+            image = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        return _resize(torch.from_numpy(np.moveaxis(image, -1, 0).copy()), size, False)
+    if field == "semseg":
+        seg = _png(root / "semseg" / "pascal-context" / f"{sample}.png").astype(np.int64)
+        seg[seg == 255] = IGNORE_INDEX
+        return _resize(torch.from_numpy(seg), size, True)
+    if field == "human_parts":
+        with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:  # header only
+            width, height = img.size
+        parts = read_human_parts(root / "human_parts" / f"{sample}.mat", (height, width))
+        return _resize(torch.from_numpy(parts), size, True)
+    if field == "saliency":
+        sal = _png(root / "sal_distill" / f"{sample}.png").astype(np.float32)
+        sal = sal[..., 0] if sal.ndim == 3 else sal
+        return _resize(torch.from_numpy(np.where(sal > 127, 1.0, 0.0).astype(np.float32)),
+                       size, True)
+    if field == "normals":
+        encoded = _png(root / "normals_distill" / f"{sample}.png").astype(np.float32)
+        n = encoded[..., :3] * 2.0 / 255.0 - 1.0
+        n[np.linalg.norm(n, axis=-1) < 0.5] = 0.0  # invalid pixels carry no direction
+        return _resize(torch.from_numpy(np.moveaxis(n, -1, 0).copy()), size, True)
+    raise KeyError(f"unknown field {field!r}")
+
+
 @register_scenario("pascal_context")
 class PascalContext(RealScenario):
     """PASCAL-Context multi-task (MTLoRA/ATRC layout): semseg, parts, saliency, normals."""
@@ -106,6 +149,7 @@ class PascalContext(RealScenario):
     heterogeneity = "single_input"
     folder = "PASCAL_MT"
     backbone = "resnet18"
+    data_version = "2"  # 2: paper profile at 448² (MTLoRA), streamed from disk
     source = "PASCAL_MT release of Vandenhende et al. (as used by ATRC and MTLoRA)"
     layout = ("PASCAL_MT/{JPEGImages/<id>.jpg, ImageSets/Context/{train,val}.txt, "
               "semseg/pascal-context/<id>.png, human_parts/<id>.mat, sal_distill/<id>.png, "
@@ -143,41 +187,27 @@ class PascalContext(RealScenario):
         return TrainingSetup(epochs=300, batch_size=32, optimizer="adamw", lr=5e-4,
                              weight_decay=0.05, scheduler="cosine", eval_batch_size=32)
 
-    def _read(self, root: Path, ids: list[str], size: int
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from PIL import Image
+    def _samples(self, root: Path, ids: list[str], size: int, split: str
+                 ) -> tuple[LazySamples, dict[str, LazySamples]]:
+        """The images and each task's label maps of ``ids``, read from disk per batch."""
+        shapes = {"image": (3, size, size), "semseg": (size, size),
+                  "human_parts": (size, size), "saliency": (size, size),
+                  "normals": (3, size, size)}
 
-        xs: list[torch.Tensor] = []
-        ys: dict[str, list[torch.Tensor]] = {t.name: [] for t in TASKS}
+        def reader(field: str) -> Callable[[int], torch.Tensor]:
+            def read(i: int) -> torch.Tensor:
+                try:
+                    return read_field(root, ids[i], field, size)
+                except (OSError, ValueError, KeyError, IndexError) as err:
+                    raise DataMissingError(
+                        f"pascal_context: cannot read {field} of sample {ids[i]} ({err}); "
+                        f"expected layout {self.layout}") from None
+            return read
 
-        def png(rel: str) -> np.ndarray[Any, Any]:
-            with Image.open(root / rel) as img:
-                return np.asarray(img)
-
-        for i in ids:
-            try:
-                with Image.open(root / "JPEGImages" / f"{i}.jpg") as img:
-                    image = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-                h, w = image.shape[:2]
-                seg = png(f"semseg/pascal-context/{i}.png").astype(np.int64)
-                parts = read_human_parts(root / "human_parts" / f"{i}.mat", (h, w))
-                sal = png(f"sal_distill/{i}.png").astype(np.float32)
-                normals = png(f"normals_distill/{i}.png").astype(np.float32)
-            except (OSError, ValueError, KeyError, IndexError) as err:
-                raise DataMissingError(f"pascal_context: cannot read sample {i} ({err}); "
-                                       f"expected layout {self.layout}") from None
-            seg[seg == 255] = IGNORE_INDEX
-            sal = sal[..., 0] if sal.ndim == 3 else sal
-            sal_t = np.where(sal > 127, 1.0, 0.0).astype(np.float32)
-            n = normals[..., :3] * 2.0 / 255.0 - 1.0
-            n[np.linalg.norm(n, axis=-1) < 0.5] = 0.0  # invalid pixels carry no direction
-            xs.append(_resize(torch.from_numpy(np.moveaxis(image, -1, 0).copy()), size, False))
-            ys["semseg"].append(_resize(torch.from_numpy(seg), size, True))
-            ys["human_parts"].append(_resize(torch.from_numpy(parts), size, True))
-            ys["saliency"].append(_resize(torch.from_numpy(sal_t), size, True))
-            ys["normals"].append(_resize(torch.from_numpy(np.moveaxis(n, -1, 0).copy()), size,
-                                         True))
-        return torch.stack(xs), {k: torch.stack(v) for k, v in ys.items()}
+        lazy = {f: LazySamples.per_sample(reader(f), len(ids), shape,
+                                          f"pascal_context/{split}/{f}")
+                for f, shape in shapes.items()}
+        return lazy.pop("image"), lazy
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)
@@ -185,16 +215,15 @@ class PascalContext(RealScenario):
         size, n_train, n_val = PROFILE_DATA[profile]
         train_ids = self.ids("train", data_root)[:n_train]
         test_ids = self.ids("val", data_root)[:n_val]
-        x, y = self._read(root, train_ids, size)
         n_hold = max(1, int(round(0.05 * len(train_ids))))
         tr, va, _ = split_indices(len(train_ids), (n_hold / len(train_ids), 0.0), DATA_SEED)
-        train = Split(x[tr], {k: v[tr] for k, v in y.items()})
-        val = Split(x[va], {k: v[va] for k, v in y.items()})
-        test_x, test_y = self._read(root, test_ids, size)
+        train = Split(*self._samples(root, [train_ids[i] for i in tr.tolist()], size, "train"))
+        val = Split(*self._samples(root, [train_ids[i] for i in va.tolist()], size, "val"))
+        test = Split(*self._samples(root, test_ids, size, "test"))
         smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="single_input", tasks=TASKS,
-            input_shape=(3, size, size), train=train, val=val, test=Split(test_x, test_y),
+            input_shape=(3, size, size), train=train, val=val, test=test,
             training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
             backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
             description=self.description)

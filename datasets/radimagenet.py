@@ -17,22 +17,31 @@ classes are the label folders of its region (sorted), its inputs that region's i
 
 Splits: MoLA does not publish its split; each label folder's images are split by a seeded
 permutation (data seed 1357) into 80 / 10 / 10 % train / val / test. Images are grey, resized
-bilinearly to S×S, stored as ``(1, S, S)`` floats in [0, 1].
+bilinearly to S×S, as ``(1, S, S)`` floats in [0, 1], read from disk batch by batch
+(:mod:`bench.streaming`: only the file list is held in memory).
 
 Profiles: ``paper`` — ResNet-18, batch 128 (per task), SGD lr 0.05, momentum 0.9, wd 1e-4,
-cosine, 100 epochs (MoLA App. B); **deviation**: images at 64×64 and at most 1,000 images per
-label, so that the data fits in memory (~3 GB; the full release at 224² would need ~800 GB of
-float32). ``smoke`` — 32×32, at most 10 images per label, a narrow ResNet, 1 epoch.
+cosine, 100 epochs (MoLA App. B), every image of the release at 224×224 (ResNet-18's input
+size; MoLA does not state its resolution). ``smoke`` — 32×32, at most 10 images per label, a
+narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, find_dir, list_images, load_image, split_indices
+from bench.data import (
+    FileStatus,
+    RealScenario,
+    find_dir,
+    image_files,
+    list_images,
+    split_indices,
+)
 from bench.scenario import DataMissingError
 
 DATA_SEED = 1357
@@ -52,8 +61,8 @@ TASKS = (
     ("mr_hip", "Hip", "MR", ("hip",)),
 )
 MODALITY_ALIASES = {"CT": ("ct",), "MR": ("mr", "mri"), "US": ("us", "ultrasound")}
-#: profile -> (image size, max images per label)
-PROFILE_DATA = {"smoke": (32, 10), "paper": (64, 1000)}
+#: profile -> (image size, max images per label; None = all)
+PROFILE_DATA: dict[str, tuple[int, int | None]] = {"smoke": (32, 10), "paper": (224, None)}
 FRACTIONS = (0.1, 0.1)
 
 
@@ -66,6 +75,7 @@ class RadImageNet(RealScenario):
     heterogeneity = "multi_input"
     folder = "radimagenet"
     backbone = "resnet18"
+    data_version = "2"  # 2: paper profile at 224² with every image, streamed from disk
     source = "RadImageNet release (on request from radimagenet.com)"
     layout = ("radimagenet/{CT,MR,US}/<anatomy>/<label>/<image> (anatomies: CT lung, abd; "
               "US thyroid, abd; MR knee, shoulder, spine, af, abd, brain, hip)")
@@ -115,7 +125,7 @@ class RadImageNet(RealScenario):
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)
         size, cap = PROFILE_DATA[profile]
-        parts: dict[str, dict[str, dict[str, torch.Tensor]]] = {
+        parts: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in ("train", "val", "test")}
         tasks = []
         for t_idx, ((task, label, _, _), region) in enumerate(
@@ -125,7 +135,7 @@ class RadImageNet(RealScenario):
             chosen: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
             for c_idx, cls in enumerate(classes):
                 images = list_images(cls)
-                if len(images) > cap:
+                if cap is not None and len(images) > cap:
                     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(
                         DATA_SEED + 1000 * t_idx + c_idx))[:cap].sort().values
                     images = [images[i] for i in keep.tolist()]
@@ -136,8 +146,8 @@ class RadImageNet(RealScenario):
                 if not items:
                     raise DataMissingError(f"radimagenet: region {region} has too few images "
                                            f"for a {split} split")
-                parts[split]["inputs"][task] = torch.stack(
-                    [load_image(p, size, 1) for p, _ in items])
+                parts[split]["inputs"][task] = image_files(
+                    [p for p, _ in items], size, 1, f"radimagenet/{task}/{split}")
                 parts[split]["targets"][task] = torch.tensor([c for _, c in items])
             tasks.append(TaskSpec(task, "classification", len(classes), ("accuracy",),
                                   label=label))

@@ -11,7 +11,7 @@ space (Uniform uses one head). Splits, image handling: :class:`bench.data.Domain
 (seeded 80/10/10 % per domain, data seed 2024).
 
 Profiles: ``paper`` — MoLA App. B: ResNet-18, batch 128 (per domain), AdamW lr 1e-4,
-224×224 (the in-memory float32 tensors take ~6.5 GB); epochs are not stated in the paper (100).
+224×224 (read from disk per batch); epochs are not stated in the paper (100).
 ``smoke`` — 32×32, at most 6 images per class and domain, a narrow ResNet, 1 epoch.
 """
 
