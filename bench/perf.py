@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,80 @@ def multi_input_forward_benchmark(repeats: int = 5, scenario: str = "digits_task
     ]
 
 
+def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
+    """``count`` RGB JPEGs of ``size``² (smooth gradients plus noise, like photos), for
+    benchmarks of image decoding."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    paths = []
+    for k in range(count):
+        base = np.stack([np.outer(ramp, ramp), np.outer(ramp[::-1], ramp),
+                         np.outer(ramp, ramp[::-1])], axis=-1) * rng.uniform(80, 255, 3)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{k:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def streaming_benchmark(repeats: int = 5, batch: int = 16, steps: int = 3
+                        ) -> list[dict[str, Any]]:
+    """Streamed real-dataset batches (:mod:`bench.streaming`), DomainBed-sized JPEGs (227²)
+    read at 224²: decoding a batch with one thread vs the loader's thread pool; and what
+    streaming costs a few training steps of a narrow ResNet against images decoded beforehand,
+    with the next batch fetched in turn or in the background."""
+    import tempfile
+
+    from bench.backbones import build_backbone
+    from bench.data import image_files
+    from bench.streaming import loader_threads, prefetched, use_loader_threads
+
+    rows: list[dict[str, Any]] = []
+    threads = loader_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), batch * steps, 227)
+        images = image_files(paths, 224, 3, "perf")
+        first = torch.arange(batch)
+        with use_loader_threads(1):
+            one = median_ms(lambda: images[first], repeats)
+        pooled = median_ms(lambda: images[first], repeats)
+        name = f"decode a batch of {batch} JPEGs (227² -> 224²)"
+        rows += [{"benchmark": name, "path": "1 decoding thread", "ms": one, "ratio": 1.0},
+                 {"benchmark": name, "path": f"loader pool ({threads} threads)", "ms": pooled,
+                  "ratio": pooled / one}]
+
+        torch.manual_seed(0)
+        encoder = build_backbone("resnet", input_shape=(3, 224, 224),
+                                 widths=(8, 16, 32, 64))
+        head = torch.nn.Linear(encoder.out_channels, 7)
+        batches = [torch.arange(i * batch, (i + 1) * batch) for i in range(steps)]
+        decoded = images[:]
+
+        def step(x: torch.Tensor) -> None:
+            encoder.zero_grad(set_to_none=False)
+            head(encoder(x).mean(dim=(2, 3))).square().mean().backward()
+
+        def epoch(source: Any, background: bool) -> None:
+            fetches = ((lambda idx=idx: source[idx]) for idx in batches)
+            for x in prefetched(fetches, background):
+                step(x)
+
+        memory = median_ms(lambda: epoch(decoded, False), repeats)
+        in_turn = median_ms(lambda: epoch(images, False), repeats)
+        ahead = median_ms(lambda: epoch(images, True), repeats)
+        name = f"{steps} training steps (narrow ResNet, batch {batch}, 224²)"
+        rows += [{"benchmark": name, "path": "images decoded beforehand (in memory)",
+                  "ms": memory, "ratio": 1.0},
+                 {"benchmark": name, "path": "streamed: fetch, then train", "ms": in_turn,
+                  "ratio": in_turn / memory},
+                 {"benchmark": name, "path": "streamed: next batch fetched meanwhile",
+                  "ms": ahead, "ratio": ahead / memory}]
+    return rows
+
+
 def main(repeats: int = 5) -> int:
     rows: list[dict[str, Any]] = []
     rows += multi_input_forward_benchmark(repeats)
@@ -69,6 +144,7 @@ def main(repeats: int = 5) -> int:
         for row in mola_conv_benchmark(repeats):
             rows.append({"benchmark": "MoLA conv fwd+bwd (batch 128, 256->256, 4x4, 4 tasks)",
                          **row})
+    rows += streaming_benchmark(repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     current = None
     for row in rows:

@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,6 +58,22 @@ def _decoder_pool() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(loader_threads(), thread_name_prefix="bench-decode")
             _pool_pid = os.getpid()
         return _pool
+
+
+@contextmanager
+def use_loader_threads(threads: int) -> Iterator[None]:
+    """Decode with ``threads`` threads inside the block (benchmarks compare thread counts)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        saved, saved_pid = _pool, _pool_pid
+        _pool, _pool_pid = ThreadPoolExecutor(threads, thread_name_prefix="bench-decode"), \
+            os.getpid()
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            temporary, _pool, _pool_pid = _pool, saved, saved_pid
+        temporary.shutdown(wait=True)
 
 
 def _positions(index: Any, n: int) -> list[int]:
