@@ -9,12 +9,21 @@ MoLA's placement ("Block4" = ``stages[3]``) and the parameter-count plots rely o
   blocks=(2,2,2,2)`` is ResNet-18 (He et al. 2016) as MoLA uses it (Appendix B); the embedded
   scenarios use a narrow version so that a run takes seconds on a CPU.
 * ``timm_resnet18`` — timm's ResNet-18 re-exposed with the staged protocol (paper profile).
+
+Weights: a backbone built with ``checkpoint=FILE`` loads a local file; ``pretrained=True`` loads
+the timm weights named in :data:`PRETRAINED` (from the Hugging Face cache, downloaded once).
+:func:`weights_problem` tells, before any training, why those cannot be had.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -139,3 +148,54 @@ def timm_resnet18(in_channels: int = 3, input_shape: Any = None, checkpoint: str
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered backbone; every builder takes ``in_channels`` and ``input_shape``."""
     return backbones.get(name)(**kwargs)
+
+
+#: backbone -> timm name of the weights ``pretrained=True`` loads
+PRETRAINED: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224.ms_in1k"}
+HOW_TO_PROVIDE = ("connect once so timm caches them (or set HF_ENDPOINT to a mirror), or pass a "
+                  "local file with --set backbone.checkpoint=FILE")
+
+
+def weights_problem(name: str, kwargs: dict[str, Any]) -> str | None:
+    """Why backbone ``name`` built with ``kwargs`` cannot obtain its weights, or None: a
+    ``checkpoint`` file that does not exist; ``pretrained`` weights neither in the Hugging Face
+    cache nor reachable (checked without downloading anything)."""
+    checkpoint = kwargs.get("checkpoint")
+    if checkpoint:
+        path = Path(str(checkpoint)).expanduser()
+        return None if path.is_file() else f"backbone checkpoint {path} does not exist"
+    pretrained = kwargs.get("pretrained")
+    if not pretrained:
+        return None
+    weights = PRETRAINED.get(name) if pretrained is True else str(pretrained)
+    if weights is None:
+        return (f"backbone {name!r} has no pretrained weights (known: "
+                f"{', '.join(PRETRAINED)}); pass --set backbone.checkpoint=FILE instead")
+    return _hub_problem(weights)
+
+
+@cache
+def _hub_problem(weights: str) -> str | None:
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(weights)
+    if cfg is None:
+        return f"timm knows no pretrained weights named {weights!r}"
+    repo = cfg.hf_hub_id or f"timm/{weights}"
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors",
+                                                               "pytorch_model.bin"]
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+        return None
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes"):
+        return (f"pretrained weights {weights!r} are not in the Hugging Face cache and "
+                f"HF_HUB_OFFLINE is set; {HOW_TO_PROVIDE}")
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as err:
+        return (f"pretrained weights {weights!r} are not in the Hugging Face cache and {host} "
+                f"is unreachable ({err}); {HOW_TO_PROVIDE}")
+    return None

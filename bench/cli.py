@@ -102,10 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (args.all or methods or scenarios):
             raise UsageError("nothing to run: use --all, or --method a,b and/or --scenario x,y")
         the_plan = planning.expand(methods, scenarios, seeds, args.profile, run_all=args.all,
-                                   require_data=not args.dry_run)
-        if overrides:
-            the_plan.runs = [planning.make_run(r.method, r.scenario, r.seed, r.profile, overrides,
-                                               _label(r.method, overrides)) for r in the_plan.runs]
+                                   require_data=not args.dry_run, overrides=overrides)
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir = Path(args.results_dir)
@@ -119,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for scenario, problem in the_plan.missing_data:
         print(f"  data missing for {scenario}: its runs cannot start yet ({problem})",
               file=sys.stderr)
+    for method, scenario, problem in the_plan.missing_weights:
+        print(f"  weights missing for {method} on {scenario}: its runs cannot start yet "
+              f"({problem})", file=sys.stderr)
     if args.dry_run:
         estimate = _estimate_seconds(todo, results_dir)
         if estimate is not None:
@@ -214,11 +214,6 @@ def _estimate_seconds(runs: list[Any], results_dir: Path) -> float | None:
             total += statistics.median(times)
             matched += 1
     return total if matched else None
-
-
-def _label(method: str, overrides: dict[str, Any]) -> str:
-    inner = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(overrides.items()))
-    return f"{method}[{inner}]"
 
 
 # ------------------------------------------------------------------ leaderboard / results

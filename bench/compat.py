@@ -230,6 +230,10 @@ class ArchitectureSpec:
     #: backbone it brings itself (e.g. MTLoRA's Swin); None: the scenario's backbone
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: overrides in ``--set`` syntax applied under the ``paper`` profile, before the user's:
+    #: the paper's own scale where it differs from the CPU-sized defaults (e.g. MTLoRA's
+    #: pretrained Swin-T and Table 1 ranks)
+    paper_scale: dict[str, Any] = field(default_factory=dict)
     #: True when the architecture may run all tasks' batches in one pass (fix 8)
     supports_fused_multi_input: bool = True
     #: False when its forward bypasses ``_prepare_rep`` (no representation gradients, so no

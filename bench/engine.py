@@ -33,7 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.method import MethodSpec, build_model, check_compatible, count_parameters, resolve_method
+from bench.method import (
+    MethodSpec,
+    build_model,
+    check_compatible,
+    count_parameters,
+    resolve_run_method,
+)
 from bench.metrics import METRICS, task_loss
 from bench.registry import scenarios
 from bench.scenario import Scenario, ScenarioData, Split, TrainingSetup
@@ -306,7 +312,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
 def run_config(config: dict[str, Any], progress: Callable[[int, int], None] | None = None
                ) -> tuple[RunResult, float]:
     """Train the run described by a plan entry (see :mod:`bench.plan`)."""
-    spec = resolve_method(config["method"]).with_overrides(config.get("overrides"))
+    spec = resolve_run_method(config["method"], config.get("overrides"), config["profile"])
     scenario: Scenario = scenarios.get(config["scenario"])()
     data = load_scenario(config["scenario"], config["profile"])
     setup = training_setup(scenario, config["profile"], spec)
@@ -322,7 +328,7 @@ def param_scaling(config: dict[str, Any], task_counts: tuple[int, ...] = PARAM_S
                   ) -> dict[str, int]:
     """Trainable parameters of the run's method built for ``T`` copies of the scenario's first
     task, for each ``T`` in ``task_counts`` (the x-axis of MoLA Fig. 5)."""
-    spec = resolve_method(config["method"]).with_overrides(config.get("overrides"))
+    spec = resolve_run_method(config["method"], config.get("overrides"), config["profile"])
     data = load_scenario(config["scenario"], config["profile"])
     out: dict[str, int] = {}
     first = data.tasks[0]

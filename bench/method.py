@@ -89,12 +89,13 @@ class MethodSpec:
         arch, weight, train = dict(self.arch_kwargs), dict(self.weighting_kwargs), dict(
             self.training_overrides)
         backbone, backbone_kwargs = self.backbone, dict(self.backbone_kwargs)
+        if "backbone.name" in overrides:  # first, so that its keywords given with it apply
+            if backbone != overrides["backbone.name"]:
+                backbone_kwargs = {}  # another encoder: the previous one's keywords do not apply
+            backbone = str(overrides["backbone.name"])
         for key, value in overrides.items():
             group, _, name = key.partition(".")
             if group == "backbone" and name == "name":
-                if backbone != value:  # another encoder: the previous one's keywords do not apply
-                    backbone_kwargs = {}
-                backbone = str(value)
                 continue
             target = {"arch": arch, "weighting": weight, "train": train,
                       "backbone": backbone_kwargs}.get(group)
@@ -179,8 +180,22 @@ def resolve_method(name: str) -> MethodSpec:
                    description=f"{base.architecture} architecture with {weighting} weighting")
 
 
-def check_compatible(spec: MethodSpec, scenario: Scenario) -> None:
-    """Raise :class:`IncompatibleError` when ``spec`` cannot run on ``scenario``."""
+PAPER_PROFILE = "paper"
+
+
+def resolve_run_method(method: str, overrides: dict[str, Any] | None = None,
+                       profile: str | None = None) -> MethodSpec:
+    """The method a run trains: ``method`` (a name or ``A+B``), then — under the ``paper``
+    profile — its architecture's ``paper_scale`` overrides, then the user's ``overrides``."""
+    spec = resolve_method(method)
+    if profile == PAPER_PROFILE and spec.arch_spec.paper_scale:
+        spec = spec.with_overrides(spec.arch_spec.paper_scale)
+    return spec.with_overrides(overrides)
+
+
+def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None = None) -> None:
+    """Raise :class:`IncompatibleError` when ``spec`` cannot run on ``scenario`` (with the
+    backbone of ``profile``'s models)."""
     arch = spec.arch_spec
     weighting = spec.weighting_spec
     if arch.scenarios is not None and scenario.heterogeneity not in arch.scenarios:
@@ -197,7 +212,7 @@ def check_compatible(spec: MethodSpec, scenario: Scenario) -> None:
         raise IncompatibleError(
             f"method {spec.name!r}: weighting {spec.weighting!r} does not support "
             f"rep_grad={spec.rep_grad}")
-    backbone, _ = spec.resolve_backbone(getattr(scenario, "backbone", "resnet"), {})
+    backbone, _ = spec.resolve_backbone(scenario.backbone_of(profile), {})
     if spec.backbone is not None:
         backbones.get(spec.backbone)  # an unknown name: UnknownNameError with suggestions
     where = (f"the {backbone!r} backbone override" if spec.backbone is not None
@@ -222,7 +237,9 @@ def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str
     backbone, backbone_kwargs = spec.resolve_backbone(data.backbone, data.backbone_kwargs)
     encoder_class = partial(build_backbone, backbone, in_channels=data.input_shape[0],
                             input_shape=data.input_shape, **backbone_kwargs)
-    probe = encoder_class()
+    # the width does not depend on the weights: the probe loads none
+    probe = encoder_class(**{k: None for k in ("checkpoint", "pretrained")
+                             if k in backbone_kwargs})
     out_channels = int(probe.out_channels)
     del probe
 

@@ -13,7 +13,8 @@ lost in extraction) follow the authors' reference implementation as summarised i
   ``A`` is Kaiming-uniform (``a = sqrt(5)``), ``B`` zeros, so an untrained adapter changes nothing.
 * :class:`SwinBackbone` — a timm ``SwinTransformer`` without classifier and without the final
   LayerNorm (the reference MTL backbone has none); ``swin_embedded`` is a CPU-sized variant for the
-  embedded scenarios, ``swin_t`` the paper's Swin-T (448x448 input).
+  embedded scenarios, ``swin_t`` the paper's Swin-T (448x448 input), ImageNet-1k weights with
+  ``pretrained=True`` (MTLoRA §4.1; the ``paper`` profile's default).
 * :class:`HRNetHead` — §3.3/§4.1 decoder: per-scale 1x1 conv (no bias) to the HRNet-W18 widths
   (18, 36, 72, 144), bilinear upsampling to the largest scale, concatenation, 1x1 conv to 4x the
   width + BatchNorm + ReLU, 1x1 conv to the task's outputs, bilinear upsampling to the input size.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import backbones
+from bench.backbones import HOW_TO_PROVIDE, PRETRAINED, backbones
 from bench.compat import CompatArchitecture
 from bench.scenario import TaskSpec, is_dense
 
@@ -129,7 +130,8 @@ class SwinBackbone(nn.Module):
     def __init__(self, in_channels: int = 3, img_size: int = 32, patch_size: int = 2,
                  window_size: int = 2, embed_dim: int = 24,
                  depths: Sequence[int] = (1, 1, 2, 1), num_heads: Sequence[int] = (1, 2, 4, 8),
-                 drop_path_rate: float = 0.0, checkpoint: str | None = None) -> None:
+                 drop_path_rate: float = 0.0, checkpoint: str | None = None,
+                 pretrained: bool | str = False) -> None:
         super().__init__()
         from timm.models.swin_transformer import SwinTransformer
 
@@ -141,24 +143,45 @@ class SwinBackbone(nn.Module):
         self.model.norm = nn.Identity()  # the reference MTL backbone has no final norm
         if checkpoint:
             self.load_checkpoint(checkpoint)
+        elif pretrained:
+            self.load_pretrained(PRETRAINED_SWIN if pretrained is True else str(pretrained))
         self.stage_dims = tuple(int(embed_dim * 2 ** i) for i in range(len(depths)))
         self.feature_dims = tuple(self.stage_dims[1:]) + (self.stage_dims[-1],)
         self.out_channels = self.stage_dims[-1]
 
     def load_checkpoint(self, path: str) -> None:
         """Load a local timm- or Microsoft-format Swin checkpoint (no download)."""
-        from timm.models.swin_transformer import checkpoint_filter_fn
-
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state:
             state = state["model"]
+        self.load_state(state, path)
+
+    def load_pretrained(self, name: str) -> None:
+        """Load timm's pretrained weights ``name`` (downloaded from the Hugging Face hub once,
+        then read from its cache) into this Swin, whatever its input size."""
+        import timm
+
+        try:
+            source = timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as err:  # network, hub or cache errors: one actionable line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PretrainedWeightsError(
+                f"cannot obtain the pretrained weights {name!r} from the Hugging Face hub "
+                f"({type(err).__name__}: {reason[:160]}); {HOW_TO_PROVIDE}") from None
+        self.load_state(source.state_dict(), name)
+
+    def load_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a timm- or Microsoft-format Swin state dict (``source`` names it in errors);
+        the classifier and the final norm are ignored."""
+        from timm.models.swin_transformer import checkpoint_filter_fn
+
         state = checkpoint_filter_fn(state, self.model)
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
         missing, _ = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if "relative_position_index" not in k
                    and "attn_mask" not in k]
         if missing:
-            raise ValueError(f"checkpoint {path} lacks backbone weights: {missing[:5]}...")
+            raise ValueError(f"checkpoint {source} lacks backbone weights: {missing[:5]}...")
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
@@ -208,12 +231,25 @@ def swin_embedded(in_channels: int = 1, input_shape: Any = None, **kwargs: Any) 
     return SwinBackbone(in_channels=in_channels, **kwargs)
 
 
-SWIN_T = {"img_size": 448, "patch_size": 4, "window_size": 7, "embed_dim": 96,
-          "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.2}
+SWIN_T = {"patch_size": 4, "window_size": 7, "embed_dim": 96, "depths": (2, 2, 6, 2),
+          "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.2}
+#: timm's name of the ImageNet-1k Swin-T weights MTLoRA starts from (§4.1)
+PRETRAINED_SWIN = PRETRAINED["swin_t"]
 
 
-@backbones.register("swin_t", description="Swin-T, 448px (MTLoRA paper profile)")
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights that cannot be obtained (no network, no cache): one line saying how
+    to provide them."""
+
+
+@backbones.register("swin_t", description="Swin-T, 448px on PASCAL-Context (MTLoRA), else 224px")
 def swin_t(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> SwinBackbone:
+    """Swin-T (embed 96, depths 2-2-6-2, window 7). ``img_size`` defaults to MTLoRA's 448 for
+    inputs of at least 448 pixels, else ImageNet's 224 (inputs are resized to it);
+    ``pretrained=True`` starts from :data:`PRETRAINED_SWIN`."""
+    if "img_size" not in kwargs:
+        side = max(int(input_shape[-1]), int(input_shape[-2])) if input_shape is not None else 448
+        kwargs["img_size"] = 448 if side >= 448 else 224
     return SwinBackbone(in_channels=in_channels, **{**SWIN_T, **kwargs})
 
 
@@ -434,6 +470,13 @@ DEFAULTS: dict[str, Any] = {
     "rank": 8, "task_rank": 4, "scale": 4.0, "task_scale": 4.0, "dropout": 0.05,
     "decoder_channels": (8, 16, 32, 64), "decoder_expansion": 4,
 }
+
+
+def paper_scale(rank: int, task_rank: int = 4) -> dict[str, Any]:
+    """MTLoRA's own setup (§4.1, Table 1), applied under ``--profile paper``: the ImageNet-1k
+    Swin-T, shared rank ``rank``, task rank ``task_rank``, HRNet-W18 decoder widths."""
+    return {"backbone.name": "swin_t", "backbone.pretrained": True, "arch.rank": rank,
+            "arch.task_rank": task_rank, "arch.decoder_channels": (18, 36, 72, 144)}
 
 
 class MTLoRA(CompatArchitecture):

@@ -15,7 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.method import IncompatibleError, check_compatible, resolve_method
+from bench.backbones import weights_problem
+from bench.method import (
+    IncompatibleError,
+    MethodSpec,
+    check_compatible,
+    resolve_method,
+    resolve_run_method,
+)
 from bench.registry import UnknownNameError, ablations, methods, scenarios
 from bench.scenario import DataMissingError, Scenario
 
@@ -55,10 +62,10 @@ def build_config(method: str, scenario: str, seed: int, profile: str,
                  overrides: dict[str, Any] | None = None, label: str = "",
                  ablation: str | None = None) -> dict[str, Any]:
     """The full, self-describing config of one run (validates names and compatibility)."""
-    spec = resolve_method(method).with_overrides(overrides)
+    spec = resolve_run_method(method, overrides, profile)
     scen: Scenario = scenarios.get(scenario)()
     scen.check_profile(profile)
-    check_compatible(spec, scen)
+    check_compatible(spec, scen, profile)
     setup = scen.setup(profile)
     if spec.training_overrides:
         unknown = set(spec.training_overrides) - set(setup.to_dict())
@@ -99,6 +106,28 @@ class Plan:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     #: (scenario, problem) planned for a dry run although their data are missing
     missing_data: list[tuple[str, str]] = field(default_factory=list)
+    #: (method, scenario, problem) planned for a dry run although the backbone's weights are
+    #: not available (:func:`bench.backbones.weights_problem`)
+    missing_weights: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class WeightsMissingError(DataMissingError):
+    """A run's backbone weights (a checkpoint file, pretrained weights) cannot be obtained; one
+    line saying how to provide them (exit code 2, before any training)."""
+
+
+def override_label(method: str, overrides: dict[str, Any] | None) -> str:
+    """The name a run with ``--set`` overrides gets in tables: ``method[key=value,...]``."""
+    if not overrides:
+        return method
+    inner = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(overrides.items()))
+    return f"{method}[{inner}]"
+
+
+def weights_problem_of(spec: MethodSpec, scen: Scenario, profile: str) -> str | None:
+    """Why the backbone ``spec`` runs on in ``scen``'s ``profile`` cannot get its weights."""
+    return weights_problem(*spec.resolve_backbone(scen.backbone_of(profile),
+                                                  scen.backbone_kwargs_of(profile)))
 
 
 def _names(requested: list[str] | None, registry: Any, everything: bool) -> list[str]:
@@ -115,11 +144,13 @@ def _names(requested: list[str] | None, registry: Any, everything: bool) -> list
 
 
 def expand(method_names: list[str] | None, scenario_names: list[str] | None, seeds: list[int],
-           profile: str, run_all: bool = False, require_data: bool = True) -> Plan:
-    """Cross methods × scenarios × seeds. With ``--all`` (or a wildcard side), combinations that
-    cannot run are skipped and listed; when both sides are explicit they are errors. With
-    ``require_data=False`` (``--dry-run``) a named scenario whose data are missing is planned
-    anyway and listed in ``plan.missing_data``."""
+           profile: str, run_all: bool = False, require_data: bool = True,
+           overrides: dict[str, Any] | None = None) -> Plan:
+    """Cross methods × scenarios × seeds, each run with the ``--set`` ``overrides``. With
+    ``--all`` (or a wildcard side), combinations that cannot run are skipped and listed; when
+    both sides are explicit they are errors. With ``require_data=False`` (``--dry-run``) a named
+    scenario whose data are missing, and a run whose backbone weights are unavailable, are
+    planned anyway and listed in ``plan.missing_data`` / ``plan.missing_weights``."""
     method_list = _names(method_names, methods, run_all)
     scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
     explicit = bool(method_names) and bool(scenario_names)
@@ -141,15 +172,25 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
                 continue
             plan.missing_data.append((scenario, str(err)))
         for method in method_list:
+            spec = resolve_run_method(method, overrides, profile)
             try:
-                check_compatible(resolve_method(method), scen)
+                check_compatible(spec, scen, profile)
             except IncompatibleError as err:
                 if explicit:
                     raise
                 plan.skipped.append((method, scenario, str(err)))
                 continue
+            problem = weights_problem_of(spec, scen, profile)
+            if problem and not require_data:
+                plan.missing_weights.append((method, scenario, problem))
+            elif problem and explicit:
+                raise WeightsMissingError(f"{method} on {scenario}: {problem}")
+            elif problem:
+                plan.skipped.append((method, scenario, f"weights unavailable ({problem})"))
+                continue
             for seed in seeds:
-                plan.runs.append(make_run(method, scenario, seed, profile))
+                plan.runs.append(make_run(method, scenario, seed, profile, overrides,
+                                          override_label(method, overrides)))
     return plan
 
 
@@ -163,14 +204,19 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
         scen = scenarios.get(scenario)()
         scen.check_data(profile)
         for label, method, overrides in preset.variants:
+            spec = resolve_run_method(method, overrides, profile)
             try:
-                check_compatible(resolve_method(method).with_overrides(overrides), scen)
+                check_compatible(spec, scen, profile)
             except IncompatibleError as err:
                 plan.skipped.append((label, scenario, str(err)))
                 continue
+            problem = weights_problem_of(spec, scen, profile)
+            if problem:
+                raise WeightsMissingError(f"{label} on {scenario}: {problem}")
             for seed in seeds:
                 plan.runs.append(make_run(method, scenario, seed, profile, overrides, label, name))
     return plan
 
 
-__all__ = ["Plan", "RunSpec", "UnknownNameError", "expand", "expand_ablation", "make_run"]
+__all__ = ["Plan", "RunSpec", "UnknownNameError", "WeightsMissingError", "expand",
+           "expand_ablation", "make_run", "override_label"]

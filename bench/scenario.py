@@ -150,8 +150,18 @@ class Scenario:
 
     #: bump when the data a profile produces changes (part of every run's config hash)
     data_version: str = "1"
-    #: the backbone the scenario's models use (known before loading, for planning checks)
+    #: the backbone the scenario's models use (known before loading, for planning checks);
+    #: :meth:`backbone_of` when it depends on the profile
     backbone: str = "resnet"
+
+    def backbone_of(self, profile: str | None = None) -> str:
+        """The backbone of ``profile``'s models (known before loading, for planning checks)."""
+        return self.backbone
+
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        """Backbone keywords known before loading that planning checks (e.g. ``pretrained``:
+        :func:`bench.backbones.weights_problem`)."""
+        return {}
 
     def setup(self, profile: str) -> TrainingSetup:
         """The training setup of ``profile`` (known without loading the data)."""

@@ -18,6 +18,11 @@ BCE loss), ``normals`` (cosine loss; mean angle error, then median and within-t�
 Splits: ``val`` is the test split (as in MTLoRA); 5 % of ``train`` (seeded, data seed 4998) is
 held out for model selection.
 
+Models: under ``paper`` every method runs on MTLoRA's encoder, the ImageNet-1k Swin-T at 448²
+(``swin_t``, ``pretrained=True``), so that HPS is Table 1's "MTL - Full Fine Tuning" and
+Single-task its "Single Task" reference of Δm%; methods that need a convolutional encoder
+(Cross-Stitch, ...) are skipped there.
+
 Profiles: ``paper`` — MTLoRA's Swin-T schedule (reference configs): AdamW, lr 5e-4 (wd 0.05),
 cosine, batch 32, 300 epochs, images at 448×448; samples are read from disk batch by batch
 (:mod:`bench.streaming`: 448² float tensors of the whole split would take ~70 GB). ``smoke`` —
@@ -148,7 +153,7 @@ class PascalContext(RealScenario):
                    "parts, saliency, normals; real data")
     heterogeneity = "single_input"
     folder = "PASCAL_MT"
-    backbone = "resnet18"
+    backbone = "swin_t"
     data_version = "2"  # 2: paper profile at 448² (MTLoRA), streamed from disk
     source = "PASCAL_MT release of Vandenhende et al. (as used by ATRC and MTLoRA)"
     layout = ("PASCAL_MT/{JPEGImages/<id>.jpg, ImageSets/Context/{train,val}.txt, "
@@ -156,6 +161,12 @@ class PascalContext(RealScenario):
               "normals_distill/<id>.png}")
     where = ("the PASCAL_MT.tgz link of github.com/SimonVandenhende/Multi-Task-Learning-PyTorch "
              "(also used by github.com/scale-lab/MTLoRA)")
+
+    def backbone_of(self, profile: str | None = None) -> str:
+        return "resnet" if profile == "smoke" else self.backbone
+
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        return {"widths": (8, 16, 32, 64)} if profile == "smoke" else {"pretrained": True}
 
     def ids(self, split: str, data_root_: Path | None = None) -> list[str]:
         path = self.root(data_root_) / "ImageSets" / "Context" / f"{split}.txt"
@@ -220,10 +231,8 @@ class PascalContext(RealScenario):
         train = Split(*self._samples(root, [train_ids[i] for i in tr.tolist()], size, "train"))
         val = Split(*self._samples(root, [train_ids[i] for i in va.tolist()], size, "val"))
         test = Split(*self._samples(root, test_ids, size, "test"))
-        smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="single_input", tasks=TASKS,
             input_shape=(3, size, size), train=train, val=val, test=test,
-            training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
-            backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
-            description=self.description)
+            training=self.setup(profile), backbone=self.backbone_of(profile),
+            backbone_kwargs=self.backbone_kwargs_of(profile), description=self.description)

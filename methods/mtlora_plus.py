@@ -5,19 +5,20 @@ Learning", CVPR 2024, §3.4 (last paragraph) and Table 1: as MTLoRA (``methods/m
 each patch-merging reduction stays frozen and gets a low-rank module of the stage's shared rank
 (its LayerNorm is still trained). The released MTLoRA+ configurations use the same rank for the
 shared and the task-specific modules (4 / 8 / 16 for the 2.57M / 3.15M / 4.29M rows of Table 1);
-the embedded default is 4 for both (the backbone is 4x narrower than Swin-T).
+the embedded default is 4 for both (the backbone is 4x narrower than Swin-T); under
+``--profile paper``: the ImageNet-1k Swin-T with ranks 4 / 4 (the 2.57M row).
 """
 
 from __future__ import annotations
 
 from bench.api import register_architecture, register_method
-from bench.mtlora import DEFAULTS, MTLoRAPlus
+from bench.mtlora import DEFAULTS, MTLoRAPlus, paper_scale
 
 register_architecture(
     "mtlora_plus", MTLoRAPlus,
     description="MTLoRA with low-rank patch merging instead of a trained reduction",
     defaults={**DEFAULTS, "rank": 4, "task_rank": 4}, backbone="swin_embedded",
-    needs_encoder="swin")
+    needs_encoder="swin", paper_scale=paper_scale(rank=4))
 register_method(
     "mtlora_plus", architecture="mtlora_plus", weighting="ew",
     description="MTLoRA+: MTLoRA with low-rank modules on patch merging",

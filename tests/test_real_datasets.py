@@ -555,8 +555,9 @@ def test_paper_profiles_follow_the_papers() -> None:
     assert (nyu.optimizer, nyu.lr, nyu.batch_size) == ("adam", 1e-4, 128)
     pascal = scenarios.get("pascal_context")().setup("paper")
     assert (pascal.optimizer, pascal.lr, pascal.epochs) == ("adamw", 5e-4, 300)
-    for name in REAL:
-        assert scenarios.get(name).backbone == "resnet18"
+    for name in REAL:  # MoLA App. B's ResNet-18; MTLoRA's Swin-T on PASCAL-Context
+        want = "swin_t" if name == "pascal_context" else "resnet18"
+        assert scenarios.get(name)().backbone_of("paper") == want
 
 
 def test_paper_results_are_complete_and_consistent() -> None:

@@ -1,0 +1,168 @@
+"""The ``paper`` profile runs the papers' own models: MTLoRA on the ImageNet-1k Swin-T with its
+Table 1 ranks, every PASCAL-Context method on that Swin-T; weights that cannot be had stop the
+plan before any training, with one line saying how to provide them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bench.backbones as B
+from bench.cli import main
+from bench.method import build_model, count_parameters, resolve_method, resolve_run_method
+from bench.plan import WeightsMissingError, expand
+from bench.registry import scenarios
+from bench.scenario import ScenarioData, Split, TrainingSetup
+
+PAPER_MTLORA = {"rank": 16, "task_rank": 4, "decoder_channels": [18, 36, 72, 144]}
+
+
+def _identity(method: str, profile: str, overrides: dict | None = None) -> dict:
+    import json
+
+    return json.loads(json.dumps(resolve_run_method(method, overrides, profile).identity()))
+
+
+@pytest.fixture
+def weights_available(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pretend every pretrained weight is cached; returns the names that were asked for."""
+    asked: list[str] = []
+
+    def available(weights: str) -> None:
+        asked.append(weights)
+        return None
+
+    monkeypatch.setattr(B, "_hub_problem", available)
+    return asked
+
+
+def test_mtlora_paper_scale_is_the_papers_model_and_user_overrides_win() -> None:
+    paper = _identity("mtlora", "paper")
+    assert paper["backbone"] == "swin_t" and paper["backbone_kwargs"] == {"pretrained": True}
+    assert {k: paper["arch_kwargs"][k] for k in PAPER_MTLORA} == PAPER_MTLORA
+    assert _identity("mtlora_plus", "paper")["arch_kwargs"]["rank"] == 4
+    # the user's --set comes last
+    assert _identity("mtlora", "paper", {"arch.rank": 64})["arch_kwargs"]["rank"] == 64
+    ckpt = _identity("mtlora", "paper", {"backbone.checkpoint": "swin.pth"})["backbone_kwargs"]
+    assert ckpt == {"pretrained": True, "checkpoint": "swin.pth"}  # the file wins when built
+    # an encoder's keywords apply whatever the order of the --set flags
+    either = resolve_method("hps").with_overrides({"backbone.pretrained": True,
+                                                   "backbone.name": "swin_t"})
+    assert (either.backbone, either.backbone_kwargs) == ("swin_t", {"pretrained": True})
+    # other profiles, and architectures without a paper scale, are unchanged
+    assert resolve_run_method("mtlora", None, "default").identity() == \
+        resolve_method("mtlora").identity()
+    assert resolve_run_method("hps", None, "paper").identity() == resolve_method("hps").identity()
+
+
+def _pascal_shapes(size: int = 448) -> ScenarioData:
+    """PASCAL-Context's paper-profile model inputs, without data."""
+    import sys
+
+    tasks = sys.modules[scenarios.get("pascal_context").__module__].TASKS
+    empty = Split(torch.zeros(0, 3, size, size), {t.name: torch.zeros(0) for t in tasks})
+    scen = scenarios.get("pascal_context")()
+    return ScenarioData("pascal_context", "single_input", tasks, (3, size, size), empty, empty,
+                        empty, TrainingSetup(epochs=1, batch_size=2),
+                        backbone=scen.backbone_of("paper"),
+                        backbone_kwargs=scen.backbone_kwargs_of("paper"))
+
+
+@pytest.mark.parametrize("method,expected", [("mtlora", 4.95), ("mtlora_plus", 2.57)])
+def test_paper_scale_mtlora_on_pascal_reproduces_table1_with_the_pretrained_swin(
+        method: str, expected: float, monkeypatch) -> None:
+    """Under the paper profile, MTLoRA on PASCAL-Context is Table 1's model: its trainable
+    count, and a frozen encoder holding the pretrained weights."""
+    import timm
+
+    real_create = timm.create_model
+    calls: list[tuple[str, bool]] = []
+
+    def fake_create(name: str, pretrained: bool = False, **kwargs):
+        calls.append((name, pretrained))
+        torch.manual_seed(123)  # stands in for the downloaded ImageNet weights
+        return real_create("swin_tiny_patch4_window7_224", pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    model = build_model(resolve_run_method(method, None, "paper"), _pascal_shapes())
+    assert calls == [("swin_tiny_patch4_window7_224.ms_in1k", True)]
+    trainable, _ = count_parameters(model)
+    assert abs(trainable / 1e6 - expected) <= 0.01, trainable
+    torch.manual_seed(123)
+    source = real_create("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0)
+    swin = model.encoder.backbone.model
+    assert swin.patch_embed.proj.weight.shape == (96, 3, 4, 4)
+    assert torch.equal(swin.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    qkv = swin.layers[2].blocks[3].attn.qkv
+    assert torch.equal(qkv.base.weight, source.layers[2].blocks[3].attn.qkv.weight)
+    assert not qkv.base.weight.requires_grad  # frozen, adapted by TA-LoRA
+
+
+def test_pascal_paper_models_share_mtloras_encoder(weights_available) -> None:
+    plan = expand(None, ["pascal_context"], [0], "paper", run_all=True, require_data=False)
+    methods = {run.method for run in plan.runs}
+    assert {"hps", "single_task", "mola_grad", "mtlora"} <= methods
+    assert "cross_stitch" not in methods  # needs a convolutional encoder: skipped, with why
+    assert any(m == "cross_stitch" and "swin_t" in why for m, _, why in plan.skipped)
+    assert "swin_tiny_patch4_window7_224.ms_in1k" in weights_available
+    hps = next(r for r in plan.runs if r.method == "hps")
+    assert hps.config["method_identity"].get("backbone") is None  # the scenario's Swin-T
+    smoke = expand(None, ["pascal_context"], [0], "smoke", run_all=True, require_data=False)
+    assert "cross_stitch" in {run.method for run in smoke.runs}  # narrow ResNet there
+
+
+def test_unavailable_weights_stop_the_plan_before_training(monkeypatch, tmp_path, capsys
+                                                           ) -> None:
+    monkeypatch.setattr(B, "_hub_problem", lambda weights: f"{weights} not cached, hub down")
+    with pytest.raises(WeightsMissingError, match="mtlora on digits_scene: .*hub down"):
+        expand(["mtlora"], ["digits_scene"], [0], "default",
+               overrides={"backbone.name": "swin_t", "backbone.pretrained": True})
+    # --all: the run is skipped with the reason; --dry-run: planned and flagged
+    plan = expand(["mtlora", "hps"], None, [0], "default", overrides={
+        "backbone.pretrained": True, "backbone.name": "swin_t"})
+    assert all(r.method != "mtlora" for r in plan.runs)
+    assert any("weights unavailable" in why for _, _, why in plan.skipped)
+    results = tmp_path / "results"
+    code = main(["run", "--method", "mtlora", "--scenario", "digits_scene", "--seeds", "0",
+                 "--set", "backbone.name=swin_t", "--set", "backbone.pretrained=true",
+                 "--results-dir", str(results)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "hub down" in err[0], err
+    assert not results.exists()
+    code = main(["run", "--method", "mtlora", "--scenario", "digits_scene", "--seeds", "0",
+                 "--set", "backbone.name=swin_t", "--set", "backbone.pretrained=true",
+                 "--results-dir", str(results), "--dry-run"])
+    assert code == 0 and "weights missing for mtlora on digits_scene" in capsys.readouterr().err
+
+
+def test_weights_problem_cases(tmp_path, monkeypatch) -> None:
+    assert B.weights_problem("swin_t", {}) is None
+    missing = tmp_path / "nope.pth"
+    assert "does not exist" in B.weights_problem("swin_t", {"checkpoint": str(missing)})
+    missing.write_bytes(b"x")
+    assert B.weights_problem("swin_t", {"checkpoint": str(missing), "pretrained": True}) is None
+    assert "no pretrained weights" in B.weights_problem("resnet", {"pretrained": True})
+    # nothing cached and the hub offline: the reason and the two ways out
+    B._hub_problem.cache_clear()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    problem = B.weights_problem("swin_t", {"pretrained": True})
+    B._hub_problem.cache_clear()
+    assert "not in the Hugging Face cache" in problem and "backbone.checkpoint=FILE" in problem
+
+
+def test_pretrained_weights_that_cannot_be_fetched_are_one_line(monkeypatch) -> None:
+    import timm
+
+    from bench.mtlora import PretrainedWeightsError, swin_t
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nmore details")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PretrainedWeightsError) as err:
+        swin_t(input_shape=(3, 32, 32), pretrained=True, depths=(1, 1, 1, 1), embed_dim=24,
+               num_heads=(1, 1, 1, 1))
+    message = str(err.value)
+    assert "\n" not in message and "swin_tiny_patch4_window7_224.ms_in1k" in message
+    assert "backbone.checkpoint=FILE" in message
