@@ -5,9 +5,10 @@ human parts) as released by Vandenhende et al.'s MTL repositories (MTI-Net / ATR
 and read by MTLoRA (Agiza et al., CVPR 2024, §4.1): 4,998 training and 5,105 validation images.
 Layout: ``<data_root>/PASCAL_MT/`` with ``JPEGImages/<id>.jpg``,
 ``ImageSets/Context/{train,val}.txt`` (one id per line), ``semseg/pascal-context/<id>.png``
-(21 classes, 255 = ignore), ``human_parts/<id>.mat`` (PASCAL-Part annotations: ``anno`` →
-objects with class index, mask and named parts), ``sal_distill/<id>.png`` (saliency, 0/255),
-``normals_distill/<id>.png`` (RGB-encoded unit normals, ``n = 2·rgb/255 − 1``). The archive
+(21 classes, 255 = ignore; ``semseg/VOC12/<id>.png`` first where present),
+``human_parts/<id>.mat`` (PASCAL-Part annotations: ``anno`` → objects with class index, mask
+and named parts), ``sal_distill/<id>.png`` (saliency, 0/255), ``normals_distill/<id>.png``
+(RGB-encoded unit normals, ``n = 2·rgb/255 − 1``). The archive
 ``PASCAL_MT.tgz`` is linked from the ATRC / Multi-Task-Learning-PyTorch READMEs (no MD5).
 
 Tasks (MTLoRA Table 1): ``semseg`` (21 classes; mIoU), ``human_parts`` (background + 6 parts:
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import FileStatus, RealScenario, split_indices
@@ -55,6 +57,7 @@ HUMAN_PARTS = {
     "rfoot": 6, "rlleg": 6,
 }
 #: folder -> file suffix, per task input
+#: (semantic maps are read from ``semseg/VOC12`` when a file is there, as the reference does)
 LAYOUT = {"JPEGImages": ".jpg", "semseg/pascal-context": ".png", "human_parts": ".mat",
           "sal_distill": ".png", "normals_distill": ".png"}
 #: profile -> (image size, max train ids, max val ids; None = all)
@@ -69,27 +72,35 @@ TASKS = (
 
 
 def read_human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A PASCAL-Part ``.mat`` as a grouped part map (0 background, 1-6 parts, -1 when the image
-    has no person)."""
+    """A PASCAL-Part ``.mat`` as a grouped part map (0 background, 1-6 parts); -1 (ignored)
+    everywhere when no person of the image has part annotations, as in the reference loaders."""
     from scipy.io import loadmat
 
     out = np.zeros(shape, dtype=np.int64)
-    has_person = False
+    annotated = False
     objects = loadmat(str(path))["anno"][0][0][1][0]
     for obj in objects:
-        if int(np.asarray(obj[1]).reshape(-1)[0]) != PERSON_CLASS:
-            continue
-        has_person = True
         parts = obj[3]
-        if parts.size == 0:
+        if int(np.asarray(obj[1]).reshape(-1)[0]) != PERSON_CLASS or parts.size == 0:
             continue
+        annotated = True
         for part in parts[0]:
             name = str(np.asarray(part[0]).reshape(-1)[0])
             if name in HUMAN_PARTS:
                 out[np.asarray(part[1]) > 0] = HUMAN_PARTS[name]
-    if not has_person:
+    if not annotated:
         out[:] = IGNORE_INDEX
     return out
+
+
+def semseg_path(root: Path, sample: str) -> Path | None:
+    """The semantic map of ``sample``: ``semseg/VOC12/<id>.png`` when present, else
+    ``semseg/pascal-context/<id>.png`` (the reference loaders' order), or None."""
+    for folder in ("VOC12", "pascal-context"):
+        path = root / "semseg" / folder / f"{sample}.png"
+        if path.is_file():
+            return path
+    return None
 
 
 def _resize(arr: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
@@ -112,18 +123,27 @@ def _png(path: Path) -> np.ndarray[Any, Any]:
 
 
 def read_field(root: Path, sample: str, field: str, size: int) -> torch.Tensor:
-    """One sample's ``field`` (``image`` or a task) at ``size``²: the image bilinearly resized
-    to floats in [0, 1] ``(3, S, S)``; label maps resized nearest — ``semseg`` (255 → ignored),
+    """One sample's ``field`` (``image`` or a task) at ``size``²: the image resized bicubically
+    and normalised with ImageNet's mean and std (the Swin-T's pretraining, as MTLoRA's
+    pipeline) ``(3, S, S)``; label maps resized nearest — ``semseg`` (255 → ignored),
     ``human_parts`` (:func:`read_human_parts`), ``saliency`` (0/1 floats, threshold 127),
     ``normals`` (``(3, S, S)``, ``2·rgb/255 − 1``, zero where the encoded vector is invalid)."""
     from PIL import Image
 
     if field == "image":
         with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:
-            image = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        return _resize(torch.from_numpy(np.moveaxis(image, -1, 0).copy()), size, False)
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+            image = np.asarray(rgb, dtype=np.float32) / 255.0
+        image = (image - np.asarray(IMAGENET_DEFAULT_MEAN, np.float32)) / np.asarray(
+            IMAGENET_DEFAULT_STD, np.float32)
+        return torch.from_numpy(np.moveaxis(image, -1, 0).copy())
     if field == "semseg":
-        seg = _png(root / "semseg" / "pascal-context" / f"{sample}.png").astype(np.int64)
+        path = semseg_path(root, sample)
+        if path is None:
+            raise OSError(f"no semseg/VOC12/{sample}.png nor semseg/pascal-context/{sample}.png")
+        seg = _png(path).astype(np.int64)
         seg[seg == 255] = IGNORE_INDEX
         return _resize(torch.from_numpy(seg), size, True)
     if field == "human_parts":
@@ -154,7 +174,7 @@ class PascalContext(RealScenario):
     heterogeneity = "single_input"
     folder = "PASCAL_MT"
     backbone = "swin_t"
-    data_version = "2"  # 2: paper profile at 448² (MTLoRA), streamed from disk
+    data_version = "2"  # 2: 448² paper profile, ImageNet-normalised images, streamed
     source = "PASCAL_MT release of Vandenhende et al. (as used by ATRC and MTLoRA)"
     layout = ("PASCAL_MT/{JPEGImages/<id>.jpg, ImageSets/Context/{train,val}.txt, "
               "semseg/pascal-context/<id>.png, human_parts/<id>.mat, sal_distill/<id>.png, "
@@ -184,7 +204,8 @@ class PascalContext(RealScenario):
             ids = self.ids(split, data_root_)
             statuses.append(FileStatus(rel, bool(ids), f"{len(ids)} ids" if ids else "empty"))
             for folder, suffix in LAYOUT.items():
-                absent = [i for i in ids if not (root / folder / f"{i}{suffix}").is_file()]
+                absent = [i for i in ids if not (root / folder / f"{i}{suffix}").is_file()
+                          and not (folder.startswith("semseg") and semseg_path(root, i))]
                 statuses.append(FileStatus(
                     f"{folder}/ ({split})", not absent,
                     f"{len(ids) - len(absent)}/{len(ids)} files" + (

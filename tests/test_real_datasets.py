@@ -127,7 +127,8 @@ def write_nyuv2(root: Path, n_train: int = 6, n_val: int = 3) -> None:
             np.save(d / "normal" / f"{i}.npy", normal)
 
 
-def _parts_mat(path: Path, shape: tuple[int, int], person: bool) -> None:
+def _parts_mat(path: Path, shape: tuple[int, int], person: bool, parts_given: bool = True
+               ) -> None:
     """A PASCAL-Part annotation: ``anno`` = (imname, objects); object = (class, class_ind,
     mask, parts); part = (part_name, mask)."""
     from scipy.io import savemat
@@ -142,7 +143,8 @@ def _parts_mat(path: Path, shape: tuple[int, int], person: bool) -> None:
     obj_dtype = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
     cls = 15 if person else 7
     objects = np.array([[("person" if person else "car", np.array([[cls]]),
-                          np.ones(shape, np.uint8), parts if person else np.zeros((0, 0)))]],
+                          np.ones(shape, np.uint8),
+                          parts if person and parts_given else np.zeros((0, 0)))]],
                        dtype=obj_dtype)
     anno = np.array([[(path.stem, objects)]], dtype=[("imname", "O"), ("objects", "O")])
     savemat(str(path), {"anno": anno})
@@ -290,6 +292,34 @@ def test_fixture_loads(tmp_path: Path, name: str, tasks: int, input_shape: tuple
         values = set(parts.unique().tolist())
         assert {-1, 0, 1, 2} <= values  # ignored (no person), background, head, torso
         assert set(data.test.targets["saliency"][:].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_pascal_context_reads_as_the_reference_loaders(tmp_path: Path) -> None:
+    """VOC12 semantic maps first, ImageNet-normalised bicubic images, human parts ignored when
+    no person carries part annotations."""
+    from PIL import Image
+
+    write_pascal(tmp_path)
+    module = sys.modules[scenarios.get("pascal_context").__module__]
+    root = tmp_path / "PASCAL_MT"
+    sample = "2008_000000"
+    (root / "semseg" / "VOC12").mkdir(parents=True)
+    Image.fromarray(np.full((30, 40), 7, np.uint8)).save(root / "semseg" / "VOC12" /
+                                                         f"{sample}.png")
+    assert set(module.read_field(root, sample, "semseg", 16).unique().tolist()) == {7}
+    other = module.read_field(root, "2008_000001", "semseg", 16)  # no VOC12 file: Context's
+    assert len(other.unique()) > 2
+    Image.fromarray(np.full((30, 40, 3), 255, np.uint8)).save(root / "JPEGImages" /
+                                                              f"{sample}.jpg")
+    image = module.read_field(root, sample, "image", 16)
+    want = (1.0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(image[:, 5, 5], want, atol=0.03)  # JPEG rounding
+    _parts_mat(root / "human_parts" / f"{sample}.mat", (30, 40), person=True,
+               parts_given=False)
+    assert set(module.read_human_parts(root / "human_parts" / f"{sample}.mat", (30, 40))
+               .reshape(-1).tolist()) == {-1}
+    annotated = module.read_human_parts(root / "human_parts" / "2008_000002.mat", (30, 40))
+    assert set(annotated.reshape(-1).tolist()) == {0, 1, 2}
 
 
 # ------------------------------------------------------------------ the whole pipeline
