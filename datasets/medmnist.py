@@ -10,7 +10,9 @@ package's ``INFO`` dict; ``python -m bench data download medmnist_mola`` fetches
 
 * ``medmnist_mola`` — the nine subsets of MoLA (ICML 2024) App. A / Table 4, one task each:
   PathMNIST (Colon), OCTMNIST (Retinal), OrganCMNIST, BloodMNIST (Cell), BreastMNIST,
-  DermaMNIST (Skin), OrganAMNIST, OrganSMNIST, ChestMNIST (multi-label, 14 findings).
+  DermaMNIST (Skin), OrganAMNIST, OrganSMNIST, PneumoniaMNIST (Table 4's "Chest": the chest
+  X-ray subset the reference code trains, ``pneumoniamnist`` in MediaBrain-SJTU/MoLA's MedMNIST
+  dataset; not the multi-label ChestMNIST).
 * ``medmnist_2d`` — every 2D subset of MedMNIST v2 (12 tasks).
 
 Each subset is a task with its own inputs and label space (MoLA's multi-input task
@@ -41,11 +43,11 @@ from bench.scenario import DataMissingError
 from bench.streaming import LazySamples
 
 MOLA_SUBSETS = ("pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist",
-                "dermamnist", "organamnist", "organsmnist", "chestmnist")
+                "dermamnist", "organamnist", "organsmnist", "pneumoniamnist")
 #: MoLA Table 4's column names
 MOLA_LABELS = {"pathmnist": "Colon", "octmnist": "Retinal", "organcmnist": "OrganC",
                "bloodmnist": "Cell", "breastmnist": "Breast", "dermamnist": "Skin",
-               "organamnist": "OrganA", "organsmnist": "OrganS", "chestmnist": "Chest"}
+               "organamnist": "OrganA", "organsmnist": "OrganS", "pneumoniamnist": "Chest"}
 SPLITS = ("train", "val", "test")
 SMOKE_COUNTS = {"train": 64, "val": 32, "test": 32}
 SMOKE_WIDTHS = (8, 16, 32, 64)
@@ -131,7 +133,7 @@ class MedMNIST(RealScenario):
     heterogeneity = "multi_input"
     folder = "medmnist"
     backbone = "resnet18"
-    data_version = "1"
+    data_version = "2"  # 2: medmnist_mola's ninth task is PneumoniaMNIST (was ChestMNIST)
     source = "MedMNIST v2 official .npz files (zenodo.org/records/10519652)"
     where = "https://zenodo.org/records/10519652 (or `python -m bench data download NAME`)"
     subsets: tuple[str, ...] = MOLA_SUBSETS

@@ -573,6 +573,10 @@ def test_depth_and_saliency_ignore_invalid_pixels() -> None:
 
 # ------------------------------------------------------------------ paper setups and numbers
 def test_paper_profiles_follow_the_papers() -> None:
+    # the nine subsets MoLA's reference trains, in its order; Table 4's "Chest" is PneumoniaMNIST
+    assert scenarios.get("medmnist_mola").subsets == (
+        "pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist", "dermamnist",
+        "organamnist", "organsmnist", "pneumoniamnist")
     med = scenarios.get("medmnist_mola")().setup("paper")
     assert (med.optimizer, med.lr, med.momentum, med.weight_decay, med.scheduler, med.epochs,
             med.batch_size) == ("sgd", 0.05, 0.9, 1e-4, "cosine", 100, 128)
