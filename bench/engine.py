@@ -153,7 +153,8 @@ def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
         out = {}
         for t in names:
             out.update(model(xs[t].to(dev), task_name=t))
-    losses = torch.stack([task_loss(task.kind, out[task.name], targets[task.name])
+    losses = torch.stack([task.loss_weight * task_loss(task.kind, out[task.name],
+                                                       targets[task.name], task.loss)
                           for task in data.tasks])
     return losses, out
 
@@ -193,7 +194,7 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
     else:
         n = split.size(data.task_names[0])
         chunks = [(None, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
-    kinds = {t.name: t.kind for t in data.tasks}
+    specs = {t.name: t for t in data.tasks}
     dev = _device_of(model)
 
     def fetch(task_name: str | None, sl: slice) -> Batch:
@@ -207,7 +208,7 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
         out = model(x, task_name=task_name) if task_name else model(x)
         for t, pred in out.items():
             y = ys[t].to(dev)
-            loss_sums[t] += float(task_loss(kinds[t], pred, y)) * len(y)
+            loss_sums[t] += float(task_loss(specs[t].kind, pred, y, specs[t].loss)) * len(y)
             counts[t] += len(y)
             for acc in accs[t].values():
                 acc.update(pred, y)

@@ -16,8 +16,13 @@ Task kinds (:data:`bench.scenario.TaskKind`) and their losses:
 * ``normals`` — 1 − cosine similarity between the L2-normalised prediction and the target over
   valid pixels (target ≠ 0), as LibMTL's NYUv2; metrics: mean / median angle error in degrees
   and the percentage of pixels within 11.25°, 22.5°, 30° (MoLA Table 5, MTLoRA Table 1);
-* ``saliency`` — one-channel per-pixel BCE with logits (ignore 255/-1), metric max F-measure over
-  thresholds (β² = 0.3, as ATRC/MTLoRA's saliency evaluation), computed on dataset-level counts.
+* ``saliency`` — one-channel per-pixel BCE with logits (ignore 255/-1); metrics as MTLoRA
+  evaluates saliency (per-image IoU, precision and recall at 15 thresholds, averaged over
+  images, best threshold: ``sal_iou`` and ``max_f``).
+
+A task may name another loss (``TaskSpec.loss``, :data:`LOSS_VARIANTS`: MTLoRA's PASCAL-Context
+trains normals with ``normals_l1`` and saliency with ``balanced_bce``) and a weight
+(``TaskSpec.loss_weight``) that scales its loss in training.
 """
 
 from __future__ import annotations
@@ -249,44 +254,52 @@ def _within(deg: float) -> type[WithinAngle]:
     return type(f"Within{deg}", (WithinAngle,), {"threshold": deg})
 
 
-SALIENCY_THRESHOLDS = torch.linspace(0.01, 0.99, 99)
+#: thresholds on the predicted saliency probability (MTLoRA's / ASTMT's evaluation)
+SALIENCY_THRESHOLDS = torch.linspace(0.2, 0.9, 15)
 
 
 class MaxFMeasure(Accumulator):
-    """max over thresholds of F_β (β² = 0.3) from dataset-level TP/FP/FN counts, in percent."""
+    """Saliency as MTLoRA evaluates it (its ASTMT-derived meter): for each image and each
+    threshold of :data:`SALIENCY_THRESHOLDS`, the foreground IoU (1 when neither the prediction
+    nor the ground truth has foreground), precision ``tp/(tp+fp)`` and recall ``tp/(tp+fn)``,
+    each averaged over images. This metric: the max over thresholds of ``2PR/(P+R)`` of the
+    mean precision and recall (β² = 1), in percent; :class:`MaxIoU`: the max of the mean IoU."""
 
     def __init__(self, num_outputs: int = 1) -> None:
         n = len(SALIENCY_THRESHOLDS)
-        self.tp = torch.zeros(n, dtype=torch.float64)
-        self.fp = torch.zeros(n, dtype=torch.float64)
-        self.fn = torch.zeros(n, dtype=torch.float64)
+        self.iou = torch.zeros(n, dtype=torch.float64)
+        self.precision = torch.zeros(n, dtype=torch.float64)
+        self.recall = torch.zeros(n, dtype=torch.float64)
+        self.images = 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        prob = torch.sigmoid(pred[:, 0].float()).reshape(-1).cpu()
-        tgt = target.reshape(-1).cpu()
+        prob = torch.sigmoid(pred[:, 0].float()).cpu()
+        tgt = target.reshape(prob.shape).float().cpu()
         valid = (tgt >= 0) & (tgt <= 1)
-        prob, gt = prob[valid], tgt[valid] > 0.5
-        for i, th in enumerate(SALIENCY_THRESHOLDS):
-            positive = prob > th
-            self.tp[i] += float((positive & gt).sum())
-            self.fp[i] += float((positive & ~gt).sum())
-            self.fn[i] += float((~positive & gt).sum())
+        gt = (tgt > 0.5) & valid
+        for i, threshold in enumerate(SALIENCY_THRESHOLDS):
+            positive = (prob > threshold) & valid
+            tp = (positive & gt).sum((1, 2)).double()
+            fp = (positive & ~gt).sum((1, 2)).double()
+            fn = (~positive & gt).sum((1, 2)).double()
+            union = tp + fp + fn
+            self.iou[i] += torch.where(union > 0, tp / union.clamp(min=1), 1.0).sum()
+            self.precision[i] += (tp / (tp + fp + 1e-12)).sum()
+            self.recall[i] += (tp / (tp + fn + 1e-12)).sum()
+        self.images += prob.shape[0]
 
     def compute(self) -> float:
-        beta2 = 0.3
-        precision = self.tp / (self.tp + self.fp).clamp(min=1e-12)
-        recall = self.tp / (self.tp + self.fn).clamp(min=1e-12)
-        f = (1 + beta2) * precision * recall / (beta2 * precision + recall).clamp(min=1e-12)
-        return float(100.0 * f.max())
+        p = self.precision / max(self.images, 1)
+        r = self.recall / max(self.images, 1)
+        return float(100.0 * (2 * p * r / (p + r + 1e-12)).max())
 
 
 class MaxIoU(MaxFMeasure):
-    """max over thresholds of the foreground IoU, in percent (saliency "mIoU" of MTLoRA
-    Table 1, whose evaluation takes the best threshold)."""
+    """Saliency "mIoU" of MTLoRA Table 1: the max over thresholds of the per-image foreground
+    IoU averaged over images, in percent (see :class:`MaxFMeasure`)."""
 
     def compute(self) -> float:
-        iou = self.tp / (self.tp + self.fp + self.fn).clamp(min=1e-12)
-        return float(100.0 * iou.max())
+        return float(100.0 * (self.iou / max(self.images, 1)).max())
 
 
 @dataclass(frozen=True)
@@ -319,8 +332,14 @@ METRICS: dict[str, MetricDef] = {
 }
 
 
-def task_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The training loss of a task kind (see the module docstring)."""
+def task_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, variant: str = ""
+              ) -> torch.Tensor:
+    """The training loss of a task kind (see the module docstring), or the named ``variant``
+    a scenario's task declares (:data:`LOSS_VARIANTS`)."""
+    if variant:
+        if variant not in LOSS_VARIANTS:
+            raise ValueError(f"unknown loss {variant!r}; known: {', '.join(LOSS_VARIANTS)}")
+        return LOSS_VARIANTS[variant](pred, target)
     if kind == "classification":
         return F.cross_entropy(pred, target)
     if kind == "segmentation":
@@ -344,3 +363,33 @@ def task_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
             return logits.sum() * 0.0
         return F.binary_cross_entropy_with_logits(logits[valid], tgt[valid])
     raise ValueError(f"unknown task kind {kind!r}")
+
+
+def normals_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the L2-normalised predicted normals and the target over valid pixels
+    (target ≠ 0), averaged over their components (MTLoRA's / ATRC's PASCAL normals loss)."""
+    valid = (target.abs().sum(1, keepdim=True) > 0).expand_as(target)
+    if not valid.any():
+        return pred.sum() * 0.0
+    return (F.normalize(pred, dim=1, eps=1e-12) - target).abs()[valid].mean()
+
+
+def balanced_bce_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE with logits (HED; MTLoRA's saliency loss): positives weighted by the
+    batch's share of negatives ``w``, negatives by ``1 − w``, summed and divided by the number
+    of pixels (valid: target in [0, 1])."""
+    logits, tgt = pred[:, 0], target.float()
+    valid = (tgt >= 0) & (tgt <= 1)
+    if not valid.any():
+        return logits.sum() * 0.0
+    logits, tgt = logits[valid], tgt[valid]
+    w = 1.0 - tgt.mean()
+    per_pixel = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none")
+    return (w * tgt * per_pixel + (1.0 - w) * (1.0 - tgt) * per_pixel).sum() / tgt.numel()
+
+
+#: losses a task may name instead of its kind's default (``TaskSpec.loss``)
+LOSS_VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "normals_l1": normals_l1_loss,
+    "balanced_bce": balanced_bce_loss,
+}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from bench.metrics import METRICS
+from bench.metrics import LOSS_VARIANTS, METRICS
 
 Heterogeneity = Literal["domain", "multi_input", "single_input"]
 HETEROGENEITY_LABELS = {
@@ -49,12 +49,19 @@ class TaskSpec:
     num_outputs: int
     metrics: tuple[str, ...]
     label: str = ""
+    #: a named training loss instead of the kind's default (``bench.metrics.LOSS_VARIANTS``)
+    loss: str = ""
+    #: the factor of this task's loss in training (a scenario's fixed task weights)
+    loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ValueError(
                 f"task {self.name!r}: unknown metrics {unknown}; known: {list(METRICS)}")
+        if self.loss and self.loss not in LOSS_VARIANTS:
+            raise ValueError(f"task {self.name!r}: unknown loss {self.loss!r}; known: "
+                             f"{', '.join(LOSS_VARIANTS)}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -67,6 +74,8 @@ class TaskSpec:
                  "higher_is_better": METRICS[m].higher_is_better}
                 for m in self.metrics
             ],
+            **({"loss": self.loss} if self.loss else {}),
+            **({"loss_weight": self.loss_weight} if self.loss_weight != 1.0 else {}),
         }
 
 

@@ -13,8 +13,10 @@ and named parts), ``sal_distill/<id>.png`` (saliency, 0/255), ``normals_distill/
 
 Tasks (MTLoRA Table 1): ``semseg`` (21 classes; mIoU), ``human_parts`` (background + 6 parts:
 head, torso, upper arms, lower arms/hands, upper legs, lower legs/feet, grouped as in Vandenhende
-et al.; mIoU; images without a person are ignored), ``saliency`` (maxF and best-threshold IoU;
-BCE loss), ``normals`` (cosine loss; mean angle error, then median and within-t°).
+et al.; mIoU; images without a person are ignored), ``saliency`` (IoU — Table 1's "mIoU" —
+and maxF, both as MTLoRA evaluates them; class-balanced BCE), ``normals`` (L1 on normalised
+vectors; mean angle error, then median and within-t°). The losses are weighted 1 / 2 / 5 / 10
+(semseg / parts / saliency / normals) as in MTLoRA's training script.
 
 Splits: ``val`` is the test split (as in MTLoRA); 5 % of ``train`` (seeded, data seed 4998) is
 held out for model selection.
@@ -62,12 +64,15 @@ LAYOUT = {"JPEGImages": ".jpg", "semseg/pascal-context": ".png", "human_parts": 
           "sal_distill": ".png", "normals_distill": ".png"}
 #: profile -> (image size, max train ids, max val ids; None = all)
 PROFILE_DATA = {"smoke": (32, 6, 3), "paper": (448, None, None)}
+#: MTLoRA's losses and their fixed weights (semseg 1, parts 2, saliency 5, normals 10)
 TASKS = (
     TaskSpec("semseg", "segmentation", 21, ("miou", "pixel_accuracy"), label="SemSeg"),
-    TaskSpec("human_parts", "segmentation", 7, ("miou",), label="Human Parts"),
-    TaskSpec("saliency", "saliency", 1, ("max_f", "sal_iou"), label="Saliency"),
+    TaskSpec("human_parts", "segmentation", 7, ("miou",), label="Human Parts",
+             loss_weight=2.0),
+    TaskSpec("saliency", "saliency", 1, ("sal_iou", "max_f"), label="Saliency",
+             loss="balanced_bce", loss_weight=5.0),
     TaskSpec("normals", "normals", 3, ("angle_mean", "angle_median", "within_11"),
-             label="Normals"),
+             label="Normals", loss="normals_l1", loss_weight=10.0),
 )
 
 
@@ -174,7 +179,7 @@ class PascalContext(RealScenario):
     heterogeneity = "single_input"
     folder = "PASCAL_MT"
     backbone = "swin_t"
-    data_version = "2"  # 2: 448² paper profile, ImageNet-normalised images, streamed
+    data_version = "3"  # 3: MTLoRA's losses, weights and saliency evaluation; 448², streamed
     source = "PASCAL_MT release of Vandenhende et al. (as used by ATRC and MTLoRA)"
     layout = ("PASCAL_MT/{JPEGImages/<id>.jpg, ImageSets/Context/{train,val}.txt, "
               "semseg/pascal-context/<id>.png, human_parts/<id>.mat, sal_distill/<id>.png, "

@@ -565,10 +565,44 @@ def test_depth_and_saliency_ignore_invalid_pixels() -> None:
     assert _metric("depth_abs_err", pred, target) == pytest.approx(0.5)
     sal_t = torch.tensor([[[1.0, 0.0, -1.0, 1.0]]])
     logits = torch.tensor([[[[5.0, -5.0, 5.0, -5.0]]]])
-    # threshold p > 0.5 etc.: tp 1, fp 0, fn 1 -> precision 1, recall 0.5
-    f = 1.3 * 0.5 / (0.3 + 0.5)
-    assert _metric("max_f", logits, sal_t, 1) == pytest.approx(100 * f)
+    # every threshold in 0.2-0.9: tp 1, fp 0, fn 1 -> precision 1, recall 0.5 (β² = 1)
+    assert _metric("max_f", logits, sal_t, 1) == pytest.approx(100 * 2 * 0.5 / 1.5)
     assert _metric("sal_iou", logits, sal_t, 1) == pytest.approx(50.0)
+
+
+def test_saliency_is_averaged_over_images_as_mtlora_evaluates_it() -> None:
+    """Per-image IoU / precision / recall at thresholds 0.2-0.9, averaged over images, best
+    threshold; an image with no foreground predicted nor present counts IoU 1."""
+    target = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    # image 0: p = 0.95, 0.6, 0.1, 0.1; image 1: nothing above 0.15
+    prob = torch.tensor([[[0.95, 0.6, 0.1, 0.1]], [[0.15, 0.15, 0.15, 0.15]]])
+    logits = torch.logit(prob).unsqueeze(1)
+    # threshold 0.2-0.55: image 0 IoU 1 (both found), image 1 IoU 1 (both empty) -> mean 1
+    assert _metric("sal_iou", logits, target, 1) == pytest.approx(100.0)
+    # image 1 has no foreground: precision and recall 0 there, so mean P = R = 0.5 at best
+    assert _metric("max_f", logits, target, 1) == pytest.approx(50.0, abs=1e-6)
+
+
+def test_pascal_losses_and_weights() -> None:
+    from bench.metrics import balanced_bce_loss, normals_l1_loss
+
+    target = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).view(1, 3, 1, 2)  # 2nd unknown
+    pred = torch.tensor([[2.0, 5.0], [0.0, 5.0], [0.0, 5.0]]).view(1, 3, 1, 2)
+    assert float(normals_l1_loss(pred, target)) == pytest.approx(0.0)  # normalised: exact
+    pred[0, 1, 0, 0] = 2.0  # (2, 2, 0)/|.| = (.707, .707, 0): L1 = (.293 + .707 + 0) / 3
+    assert float(normals_l1_loss(pred, target)) == pytest.approx(1 / 3)
+    sal = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    logits = torch.zeros(1, 1, 1, 4)  # BCE = log 2 everywhere
+    # w = 3/4 on the positive, 1/4 on each negative, over 4 pixels
+    want = (0.75 * math.log(2) + 3 * 0.25 * math.log(2)) / 4
+    assert float(balanced_bce_loss(logits, sal)) == pytest.approx(want)
+    assert float(task_loss("saliency", logits, sal, "balanced_bce")) == pytest.approx(want)
+    with pytest.raises(ValueError, match="unknown loss 'l3'"):
+        task_loss("normals", pred, target, "l3")
+    tasks = {t.name: t for t in sys.modules[scenarios.get("pascal_context").__module__].TASKS}
+    assert [tasks[t].loss_weight for t in ("semseg", "human_parts", "saliency", "normals")] \
+        == [1.0, 2.0, 5.0, 10.0]
+    assert tasks["saliency"].metrics[0] == "sal_iou"  # Table 1's saliency column
 
 
 # ------------------------------------------------------------------ paper setups and numbers
@@ -616,3 +650,20 @@ def test_paper_results_are_complete_and_consistent() -> None:
     assert t5["rows"]["MoLA-Grad"][-1] == -9.17 and t5["rows"]["HSP"][-1] == 4.72
     mt = tables_for("pascal_context")[0]["rows"]
     assert [mt[f"MTLoRA (r={r})"][-1] for r in (16, 32, 64)] == [4.95, 6.08, 8.34]
+
+
+def test_task_loss_weights_scale_the_training_losses(tiny_scenario) -> None:
+    from dataclasses import replace
+
+    from bench.engine import compute_losses
+    from bench.method import build_model, resolve_method
+
+    _, data = tiny_scenario("single_input")
+    weighted = replace(data, tasks=tuple(replace(t, loss_weight=w)
+                                         for t, w in zip(data.tasks, (1.0, 3.0, 0.5))))
+    torch.manual_seed(0)
+    model = build_model(resolve_method("hps"), data)
+    index = {t: torch.arange(4) for t in data.task_names}
+    plain, _ = compute_losses(model, data, data.train, index, fused=True)
+    scaled, _ = compute_losses(model, weighted, weighted.train, index, fused=True)
+    assert torch.allclose(scaled, plain * torch.tensor([1.0, 3.0, 0.5]))
