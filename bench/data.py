@@ -26,14 +26,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.scenario import DataMissingError, Scenario
 
 if TYPE_CHECKING:
-    from bench.streaming import LazySamples
+    from bench.streaming import Key, LazySamples
+    from bench.transforms import ClassificationPipeline
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 VERIFY_ENV = "BENCH_VERIFY_CHECKSUMS"
@@ -168,33 +169,23 @@ def find_dir(parent: Path, *names: str) -> Path | None:
     return None
 
 
-def load_image(path: Path, size: int, channels: int) -> Any:
-    """An image file as a float tensor ``(channels, size, size)`` in [0, 1] (bilinear resize)."""
-    import numpy as np
-    import torch
+def image_files(paths: list[Path], pipeline: ClassificationPipeline, name: str) -> LazySamples:
+    """Image files read on demand through ``pipeline`` (:mod:`bench.transforms`): its
+    training-time augmentation when the engine passes a sample's key, else its test-time
+    transform; ``(3, size, size)`` normalised floats."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    t = torch.from_numpy(arr.copy()).float().div_(255.0)
-    return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1).contiguous()
-
-
-def image_files(paths: list[Path], size: int, channels: int, name: str) -> LazySamples:
-    """Image files read on demand as ``(channels, size, size)`` floats (:func:`load_image`)."""
     from bench.streaming import LazySamples
 
-    def read(i: int) -> Any:
+    def read(i: int, key: Key | None) -> Any:
         try:
-            return load_image(paths[i], size, channels)
+            with Image.open(paths[i]) as image:
+                return pipeline(image, key)
         except (OSError, ValueError) as err:
             raise DataMissingError(f"cannot read image {paths[i]} ({err}); replace the file "
                                    "or remove it from the dataset folder") from None
 
-    return LazySamples.per_sample(read, len(paths), (channels, size, size), name)
+    return LazySamples.per_sample(read, len(paths), (3, pipeline.size, pipeline.size), name)
 
 
 def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Any, Any, Any]:
@@ -387,9 +378,11 @@ class DomainBedScenario(RealScenario):
     task, all share one label space (the sorted class folders, identical in every domain).
 
     Splits: each domain's images are split by a seeded permutation into 80 / 10 / 10 % train /
-    val / test (MoLA does not publish its split; DomainBed holds out 20 %). Images are RGB,
-    resized bilinearly to S×S, as floats in [0, 1], read from disk batch by batch
-    (:mod:`bench.streaming`; nothing but the file list is held in memory).
+    val / test (MoLA does not publish its split; DomainBed holds out 20 %). Images are read
+    from disk batch by batch (:mod:`bench.streaming`; only the file list is held in memory)
+    through MoLA's reference pipeline (:data:`bench.transforms.DOMAINBED_CLIP`: random resized
+    crop 224, flip, colour jitter, grey p = 0.1 in training; short-side resize and centre crop
+    at test; CLIP mean/std); ``smoke`` uses it at 32².
     """
 
     heterogeneity = "domain"
@@ -398,8 +391,8 @@ class DomainBedScenario(RealScenario):
     domains: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     num_classes: int = 0
     data_seed: int = 0
-    #: profile -> (image size, max images per class and domain; None = all)
-    profile_data: dict[str, tuple[int, int | None]] = {"smoke": (32, 6), "paper": (224, None)}
+    #: profile -> max images per class and domain (None = all)
+    profile_caps: dict[str, int | None] = {"smoke": 6, "paper": None}
 
     def domain_dirs(self, data_root_: Path | None = None) -> dict[str, Path | None]:
         root = self.root(data_root_)
@@ -448,9 +441,12 @@ class DomainBedScenario(RealScenario):
         import torch
 
         from bench.scenario import ScenarioData, Split, TaskSpec
+        from bench.transforms import DOMAINBED_CLIP
 
         self.check_data(profile, data_root)
-        size, cap = self.profile_data[profile]
+        cap = self.profile_caps[profile]
+        pipeline = DOMAINBED_CLIP if profile == "paper" else replace(DOMAINBED_CLIP, size=32)
+        size = pipeline.size
         parts: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in ("train", "val", "test")}
         for d_idx, ((task, _, _), folder) in enumerate(
@@ -465,7 +461,7 @@ class DomainBedScenario(RealScenario):
                 if not chosen:
                     raise DataMissingError(f"{self.name}: domain {folder} has too few images "
                                            f"for a {split} split")
-                parts[split]["inputs"][task] = image_files([p for p, _ in chosen], size, 3,
+                parts[split]["inputs"][task] = image_files([p for p, _ in chosen], pipeline,
                                                            f"{self.name}/{task}/{split}")
                 parts[split]["targets"][task] = torch.tensor([c for _, c in chosen])
         tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),

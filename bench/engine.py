@@ -43,7 +43,7 @@ from bench.method import (
 from bench.metrics import METRICS, task_loss
 from bench.registry import scenarios
 from bench.scenario import Scenario, ScenarioData, Split, TrainingSetup
-from bench.streaming import is_lazy, prefetched
+from bench.streaming import is_lazy, prefetched, take
 
 
 class DivergedError(RuntimeError):
@@ -123,15 +123,27 @@ def _task_input(split: Split, task: str) -> Any:
 Batch = tuple[Any, dict[str, torch.Tensor]]
 
 
-def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]) -> Batch:
+def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor],
+                augment: tuple[int, ...] | None = None) -> Batch:
     """The CPU tensors of one training batch: the inputs (one tensor, or one per task in
-    multi-input scenarios) and each task's targets. Streamed splits read them here."""
+    multi-input scenarios) and each task's targets. Streamed splits read them here; with
+    ``augment`` (the run's seed and the step), sample ``j`` of task ``t`` is augmented with the
+    key ``(*augment, t, j)`` — shared by its input and targets (:mod:`bench.transforms`)."""
     names = data.task_names
+
+    def keys(t: int, count: int) -> list[tuple[int, ...]] | None:
+        return None if augment is None else [(*augment, t, j) for j in range(count)]
+
     if data.multi_input:
-        x: Any = {t: split.inputs[t][index[t]] for t in names}  # type: ignore[index]
+        x: Any = {t: take(split.inputs[t], index[t], keys(i, len(index[t])))  # type: ignore[index]
+                  for i, t in enumerate(names)}
+        targets = {t: take(split.targets[t], index[t], keys(i, len(index[t])))
+                   for i, t in enumerate(names)}
     else:
-        x = split.inputs[index[names[0]]]  # type: ignore[index]
-    return x, {t: split.targets[t][index[t]] for t in names}
+        shared = keys(0, len(index[names[0]]))
+        x = take(split.inputs, index[names[0]], shared)
+        targets = {t: take(split.targets[t], index[t], shared) for t in names}
+    return x, targets
 
 
 def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
@@ -265,19 +277,21 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     total_steps = steps_per_epoch * setup.epochs
     streamed = is_streamed(data.train)
 
-    def epoch_batches() -> Iterator[Callable[[], Batch]]:
-        """One epoch's batch fetches; the indices are drawn when the fetch is created."""
-        for _ in range(steps_per_epoch):
+    def epoch_batches(epoch: int) -> Iterator[Callable[[], Batch]]:
+        """One epoch's batch fetches; the indices are drawn when the fetch is created, and
+        streamed samples get their augmentation keys from the seed and the step."""
+        for k in range(steps_per_epoch):
             if data.multi_input:
                 index = {t: samplers[t].next(setup.batch_size) for t in names}
             else:
                 idx = shared.next(setup.batch_size)
                 index = {t: idx for t in names}
-            yield partial(fetch_batch, data, data.train, index)
+            yield partial(fetch_batch, data, data.train, index,
+                          (seed, epoch * steps_per_epoch + k))
 
     for epoch in range(setup.epochs):
         model.train()
-        for batch in prefetched(epoch_batches(), streamed):
+        for batch in prefetched(epoch_batches(epoch), streamed):
             losses, _ = batch_losses(model, data, batch, fused)
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])

@@ -89,12 +89,13 @@ def streaming_benchmark(repeats: int = 5, batch: int = 16, steps: int = 3
     from bench.backbones import build_backbone
     from bench.data import image_files
     from bench.streaming import loader_threads, prefetched, use_loader_threads
+    from bench.transforms import DOMAINBED_CLIP
 
     rows: list[dict[str, Any]] = []
     threads = loader_threads()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), batch * steps, 227)
-        images = image_files(paths, 224, 3, "perf")
+        images = image_files(paths, DOMAINBED_CLIP, "perf")  # test-time: resize, crop
         first = torch.arange(batch)
         with use_loader_threads(1):
             one = median_ms(lambda: images[first], repeats)

@@ -95,17 +95,23 @@ def _positions(index: Any, n: int) -> list[int]:
     return out
 
 
+Key = tuple[int, ...]
+Keys = Sequence[Key] | None
+
+
 class LazySamples:
     """``n`` samples of shape ``sample_shape``, read only when indexed.
 
-    ``read_batch(positions)`` returns the stacked samples at ``positions`` (a list of ints in
-    ``range(n)``); build one with :meth:`per_sample` (a file per sample, read in the decoding
-    pool) or :meth:`from_array` (an in-memory array converted batch by batch, e.g. uint8
-    images turned into floats only when used). ``x[index]`` behaves like indexing a tensor of
-    shape ``(n, *sample_shape)``; :meth:`subset` selects samples without reading them.
+    ``read_batch(positions, keys)`` returns the stacked samples at ``positions`` (ints in
+    ``range(n)``); ``keys`` is None (evaluation) or one augmentation key per position (training:
+    :mod:`bench.transforms` draws the sample's random transform from it). Build one with
+    :meth:`per_sample` (a file per sample, read in the decoding pool) or :meth:`from_array` (an
+    in-memory array converted batch by batch). ``x[index]`` behaves like indexing a tensor of
+    shape ``(n, *sample_shape)``; :meth:`take` with keys gives the training view;
+    :meth:`subset` selects samples without reading them.
     """
 
-    def __init__(self, read_batch: Callable[[list[int]], torch.Tensor], n: int,
+    def __init__(self, read_batch: Callable[[list[int], Keys], torch.Tensor], n: int,
                  sample_shape: Sequence[int], name: str = "samples") -> None:
         self._read_batch = read_batch
         self._n = int(n)
@@ -113,15 +119,16 @@ class LazySamples:
         self.name = name
 
     @classmethod
-    def per_sample(cls, read_one: Callable[[int], torch.Tensor], n: int,
+    def per_sample(cls, read_one: Callable[[int, Key | None], torch.Tensor], n: int,
                    sample_shape: Sequence[int], name: str = "samples") -> LazySamples:
-        """Samples read one by one by ``read_one(i)`` in the process's decoding pool."""
+        """Samples read one by one by ``read_one(i, key)`` in the process's decoding pool."""
         shape = tuple(int(s) for s in sample_shape)
 
-        def read_batch(positions: list[int]) -> torch.Tensor:
+        def read_batch(positions: list[int], keys: Keys) -> torch.Tensor:
             if not positions:
                 raise IndexError(f"{name}: an empty selection")
-            samples = list(_decoder_pool().map(read_one, positions))
+            samples = list(_decoder_pool().map(
+                read_one, positions, keys if keys is not None else [None] * len(positions)))
             for i, sample in zip(positions, samples):
                 if tuple(sample.shape) != shape:
                     raise DataMissingError(f"{name}: sample {i} has shape {tuple(sample.shape)}"
@@ -131,10 +138,12 @@ class LazySamples:
         return cls(read_batch, n, shape, name)
 
     @classmethod
-    def from_array(cls, array: np.ndarray, convert: Callable[[np.ndarray], torch.Tensor],
+    def from_array(cls, array: np.ndarray,
+                   convert: Callable[[np.ndarray, Keys], torch.Tensor],
                    sample_shape: Sequence[int], name: str = "samples") -> LazySamples:
-        """Rows of ``array`` converted by ``convert`` (vectorised) when a batch is taken."""
-        return cls(lambda positions: convert(array[positions]), len(array), sample_shape, name)
+        """Rows of ``array`` converted by ``convert(rows, keys)`` (vectorised) when taken."""
+        return cls(lambda positions, keys: convert(array[positions], keys), len(array),
+                   sample_shape, name)
 
     @property
     def shape(self) -> torch.Size:
@@ -145,17 +154,30 @@ class LazySamples:
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):
-            return self._read_batch(_positions([index], self._n))[0]
-        return self._read_batch(_positions(index, self._n))
+            return self._read_batch(_positions([index], self._n), None)[0]
+        return self._read_batch(_positions(index, self._n), None)
+
+    def take(self, index: Any, keys: Keys = None) -> torch.Tensor:
+        """The samples at ``index``, each transformed with its augmentation key (``keys`` in
+        the order of ``index``; None: the evaluation transform, as ``x[index]``)."""
+        positions = _positions(index, self._n)
+        if keys is not None and len(keys) != len(positions):
+            raise ValueError(f"{self.name}: {len(keys)} keys for {len(positions)} samples")
+        return self._read_batch(positions, keys)
 
     def subset(self, index: Any) -> LazySamples:
         """The samples at ``index`` (a tensor, list or slice), still unread."""
         chosen = _positions(index, self._n)
-        return LazySamples(lambda positions: self._read_batch([chosen[p] for p in positions]),
-                           len(chosen), self.sample_shape, self.name)
+        return LazySamples(lambda positions, keys: self._read_batch(
+            [chosen[p] for p in positions], keys), len(chosen), self.sample_shape, self.name)
 
     def __repr__(self) -> str:
         return f"LazySamples({self.name}, shape={tuple(self.shape)})"
+
+
+def take(samples: Any, index: Any, keys: Keys = None) -> torch.Tensor:
+    """``samples[index]`` for a tensor; the keyed (training) view for :class:`LazySamples`."""
+    return samples.take(index, keys) if isinstance(samples, LazySamples) else samples[index]
 
 
 def is_lazy(value: Any) -> bool:

@@ -16,21 +16,24 @@ package's ``INFO`` dict; ``python -m bench data download medmnist_mola`` fetches
 * ``medmnist_2d`` — every 2D subset of MedMNIST v2 (12 tasks).
 
 Each subset is a task with its own inputs and label space (MoLA's multi-input task
-heterogeneity). Inputs are ``(3, 28, 28)`` floats normalised to [-1, 1] (``(x/255 − 0.5)/0.5``,
-as MedMNIST's examples), converted from the uint8 arrays batch by batch (:mod:`bench.streaming`);
-grey subsets are repeated over 3 channels as a view (no memory cost).
+heterogeneity). Inputs are ``(3, S, S)`` floats normalised to [-1, 1] (``(x/255 − 0.5)/0.5``,
+as MoLA's reference and MedMNIST's examples), converted from the uint8 arrays batch by batch
+(:mod:`bench.streaming`, :func:`bench.transforms.medmnist_batch`), flipped horizontally at
+random in training; grey subsets are repeated over 3 channels as a view (no memory cost).
 Multi-class and binary subsets are classification (accuracy, MoLA's metric), RetinaMNIST's
 ordinal grades included; ChestMNIST is ``multilabel`` (MedMNIST's ACC at 0.5, then AUC).
 The official train/val/test splits are kept.
 
-Profiles: ``paper`` — MoLA App. B and the reference code: ResNet-18, batch 128 (per task),
-SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine schedule, 100 epochs; all samples (~0.6 GB
-of uint8 in memory for the nine subsets). ``smoke`` — the first 64/32/32 train/val/test samples
-of each subset, a narrow ResNet, 1 epoch (for checking a download and for tests).
+Profiles: ``paper`` — MoLA App. B and the reference code: images upsampled to 224², ResNet-18,
+batch 128 (per task), SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine schedule, 100
+epochs; all samples (~0.6 GB of uint8 in memory for the nine subsets). ``smoke`` — the first
+64/32/32 train/val/test samples of each subset at 28², a narrow ResNet, 1 epoch (for checking a
+download and for tests).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_sce
 from bench.data import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
 from bench.scenario import DataMissingError
 from bench.streaming import LazySamples
+from bench.transforms import medmnist_batch
 
 MOLA_SUBSETS = ("pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist",
                 "dermamnist", "organamnist", "organsmnist", "pneumoniamnist")
@@ -51,6 +55,8 @@ MOLA_LABELS = {"pathmnist": "Colon", "octmnist": "Retinal", "organcmnist": "Orga
 SPLITS = ("train", "val", "test")
 SMOKE_COUNTS = {"train": 64, "val": 32, "test": 32}
 SMOKE_WIDTHS = (8, 16, 32, 64)
+#: the paper profile's input size: MoLA's reference upsamples the 28² images for its ResNet-18
+PAPER_SIZE = 224
 
 
 def info() -> dict[str, Any]:
@@ -72,10 +78,11 @@ def task_spec(flag: str, label: str = "") -> TaskSpec:
     return TaskSpec(flag, "classification", n, ("accuracy",), label=label or flag)
 
 
-def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None
+def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None, size: int = 28
              ) -> dict[str, tuple[LazySamples, torch.Tensor]]:
     """One MedMNIST ``.npz`` as ``{split: (images, labels)}``: the images stay uint8 in memory
-    and become ``(N, 3, 28, 28)`` floats in [-1, 1] batch by batch (:func:`to_inputs`)."""
+    and become ``(N, 3, size, size)`` floats in [-1, 1] batch by batch
+    (:func:`bench.transforms.medmnist_batch`: flipped in training)."""
     meta = info()[flag]
     multilabel = meta["task"].startswith("multi-label")
     try:
@@ -99,20 +106,13 @@ def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None
                 raise DataMissingError(f"{path}: {split}_images has shape {images.shape} and "
                                        f"{split}_labels {labels.shape}; expected (N, H, W[, 3]) "
                                        "and (N, K) with the same N")
-            x = LazySamples.from_array(np.ascontiguousarray(images), to_inputs,
-                                       (3, *images.shape[1:3]), f"{flag}/{split}")
+            x = LazySamples.from_array(np.ascontiguousarray(images),
+                                       partial(medmnist_batch, size=size), (3, size, size),
+                                       f"{flag}/{split}")
             y = torch.from_numpy(np.asarray(labels))
             y = y.float() if multilabel else y.reshape(len(y), -1)[:, 0].long()
             out[split] = (x, y)
         return out
-
-
-def to_inputs(images: np.ndarray) -> torch.Tensor:
-    """uint8 images ``(N, H, W[, 3])`` as ``(N, 3, H, W)`` floats in [-1, 1]; grey images are
-    repeated over 3 channels as a view (no memory cost)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = (x - 0.5) / 0.5
-    return x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
 
 
 def _check_keys(path: Path, status: FileStatus) -> FileStatus:
@@ -173,6 +173,7 @@ class MedMNIST(RealScenario):
         root = self.root(data_root)
         verify = verify_checksums()
         limits = SMOKE_COUNTS if profile == "smoke" else None
+        size = PAPER_SIZE if profile == "paper" else 28
         splits: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in SPLITS}
         for f in self.files():
@@ -187,13 +188,13 @@ class MedMNIST(RealScenario):
                     f"({f.md5}, medmnist.INFO[{flag!r}]['MD5']); re-download it with "
                     f"`python -m bench data download {self.name}`, or pass --no-verify "
                     f"(BENCH_VERIFY_CHECKSUMS=0) to use this copy anyway")
-            for split, (x, y) in read_npz(path, flag, limits).items():
+            for split, (x, y) in read_npz(path, flag, limits, size).items():
                 splits[split]["inputs"][flag] = x
                 splits[split]["targets"][flag] = y
         tasks = tuple(task_spec(flag, self.labels.get(flag, "")) for flag in self.subsets)
         smoke = profile == "smoke"
         return ScenarioData(
-            name=self.name, heterogeneity="multi_input", tasks=tasks, input_shape=(3, 28, 28),
+            name=self.name, heterogeneity="multi_input", tasks=tasks, input_shape=(3, size, size),
             train=Split(**splits["train"]), val=Split(**splits["val"]),
             test=Split(**splits["test"]), training=self.setup(profile),
             backbone="resnet" if smoke else "resnet18",

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import FileStatus, RealScenario, split_indices
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError
-from bench.streaming import LazySamples
+from bench.streaming import Key, LazySamples
+from bench.transforms import nyuv2_sample
 
 FOLDERS = ("image", "label", "depth", "normal")
 DATA_SEED = 795
@@ -53,16 +53,6 @@ TASKS = (
 def _sample_ids(folder: Path) -> list[str]:
     return sorted((p.stem for p in folder.glob("*.npy")),
                   key=lambda s: (0, int(s)) if s.isdigit() else (1, s))  # type: ignore[misc]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Resize a ``(H, W)`` or ``(C, H, W)`` tensor ("nearest" for labels and invalid masks)."""
-    if tuple(x.shape[-2:]) == size:
-        return x
-    y = x.reshape(1, -1, *x.shape[-2:]).float()
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    y = F.interpolate(y, size=size, mode=mode, **kwargs)
-    return y.reshape(*x.shape[:-2], *size).to(x.dtype)
 
 
 #: expected trailing dimensions of each folder's arrays (H, W first)
@@ -86,25 +76,31 @@ def _check_shape(path: Path, sub: str, rel: str, count: int) -> FileStatus:
 FIELD_FOLDERS = {"image": "image", "segmentation": "label", "depth": "depth", "normal": "normal"}
 
 
-def read_field(folder: Path, sample: str, field: str, size: tuple[int, int]) -> torch.Tensor:
-    """One sample's ``field`` from ``folder/<field folder>/<sample>.npy`` at ``size``: the image
-    ``(3, H, W)`` (bilinear), ``segmentation`` ``(H, W)`` long with classes outside 0-12 → -1
-    (ignored), ``depth`` ``(1, H, W)`` and ``normal`` ``(3, H, W)`` (nearest: 0 stays
-    "missing")."""
+#: field -> how bench.transforms resamples it
+FIELD_KINDS = {"image": "image", "segmentation": "label", "depth": "depth", "normal": "normals"}
+
+
+def read_field(folder: Path, sample: str, field: str, size: tuple[int, int],
+               key: Key | None = None) -> torch.Tensor:
+    """One sample's ``field`` from ``folder/<field folder>/<sample>.npy`` at ``size``, through
+    LibMTL's NYUv2 augmentation when ``key`` is given (:func:`bench.transforms.nyuv2_sample`:
+    random scale-crop, flip): the image ``(3, H, W)``, ``segmentation`` ``(H, W)`` long with
+    classes outside 0-12 → -1 (ignored), ``depth`` ``(1, H, W)`` and ``normal`` ``(3, H, W)``
+    (0 = missing)."""
     arr = np.load(folder / FIELD_FOLDERS[field] / f"{sample}.npy")
     if field == "segmentation":
         if arr.ndim != 2:
             raise ValueError(f"label has shape {arr.shape}, expected (H, W)")
-        seg = _resize(torch.from_numpy(arr.astype(np.int64)), size, "nearest")
-        seg[(seg < 0) | (seg >= 13)] = IGNORE_INDEX
-        return seg
-    expected = {"image": 3, "depth": 1, "normal": 3}[field]
-    arr = arr.reshape(*arr.shape[:2], -1) if field == "depth" else arr
-    if arr.ndim != 3 or arr.shape[-1] != expected:
-        raise ValueError(f"{field} has shape {arr.shape}, expected (H, W, {expected}) as in "
-                         "MTAN's preprocessed release")
-    chw = torch.from_numpy(np.moveaxis(arr, -1, 0).astype(np.float32))
-    return _resize(chw, size, "bilinear" if field == "image" else "nearest")
+        raw = torch.from_numpy(arr.astype(np.int64))
+        raw[(raw < 0) | (raw >= 13)] = IGNORE_INDEX
+    else:
+        expected = {"image": 3, "depth": 1, "normal": 3}[field]
+        arr = arr.reshape(*arr.shape[:2], -1) if field == "depth" else arr
+        if arr.ndim != 3 or arr.shape[-1] != expected:
+            raise ValueError(f"{field} has shape {arr.shape}, expected (H, W, {expected}) as in "
+                             "MTAN's preprocessed release")
+        raw = torch.from_numpy(np.moveaxis(arr, -1, 0).astype(np.float32))
+    return nyuv2_sample(raw, FIELD_KINDS[field], key, size)
 
 
 @register_scenario("nyuv2")
@@ -160,9 +156,9 @@ class NYUv2(RealScenario):
                   "normal": (3, h, w)}
 
         def reader(field: str) -> Callable[[int], torch.Tensor]:
-            def read(i: int) -> torch.Tensor:
+            def read(i: int, key: Key | None) -> torch.Tensor:
                 try:
-                    return read_field(root / split, ids[i], field, size)
+                    return read_field(root / split, ids[i], field, size, key)
                 except (OSError, ValueError) as err:
                     raise DataMissingError(f"nyuv2: cannot read {field} of sample {split}/"
                                            f"{ids[i]} ({err}); expected layout {self.layout}"

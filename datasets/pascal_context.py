@@ -46,7 +46,8 @@ from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_sce
 from bench.data import FileStatus, RealScenario, split_indices
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError
-from bench.streaming import LazySamples
+from bench.streaming import Key, LazySamples
+from bench.transforms import pascal_sample
 
 DATA_SEED = 4998
 PERSON_CLASS = 15
@@ -108,18 +109,6 @@ def semseg_path(root: Path, sample: str) -> Path | None:
     return None
 
 
-def _resize(arr: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
-    """Resize a ``(H, W)`` or ``(C, H, W)`` tensor to ``size``² (nearest for labels)."""
-    import torch.nn.functional as F
-
-    x = arr.reshape(1, -1, *arr.shape[-2:]).float()
-    if nearest:
-        y = F.interpolate(x, size=(size, size), mode="nearest")
-    else:
-        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return y.reshape(*arr.shape[:-2], size, size).to(arr.dtype)
-
-
 def _png(path: Path) -> np.ndarray[Any, Any]:
     from PIL import Image
 
@@ -127,46 +116,49 @@ def _png(path: Path) -> np.ndarray[Any, Any]:
         return np.asarray(img)
 
 
-def read_field(root: Path, sample: str, field: str, size: int) -> torch.Tensor:
-    """One sample's ``field`` (``image`` or a task) at ``size``²: the image resized bicubically
-    and normalised with ImageNet's mean and std (the Swin-T's pretraining, as MTLoRA's
-    pipeline) ``(3, S, S)``; label maps resized nearest — ``semseg`` (255 → ignored),
+#: field -> how bench.transforms resamples it
+FIELD_KINDS = {"image": "image", "semseg": "label", "human_parts": "label",
+               "saliency": "saliency", "normals": "normals"}
+
+
+def read_field(root: Path, sample: str, field: str, size: int, key: Key | None = None
+               ) -> torch.Tensor:
+    """One sample's ``field`` (``image`` or a task) at ``size``², through MTLoRA's training
+    augmentation when ``key`` is given (:func:`bench.transforms.pascal_sample`: flip, rotation,
+    scale) and its resize: the image bicubic, normalised with ImageNet's mean and std (the
+    Swin-T's pretraining) ``(3, S, S)``; label maps nearest — ``semseg`` (255 → ignored),
     ``human_parts`` (:func:`read_human_parts`), ``saliency`` (0/1 floats, threshold 127),
     ``normals`` (``(3, S, S)``, ``2·rgb/255 − 1``, zero where the encoded vector is invalid)."""
     from PIL import Image
 
     if field == "image":
         with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:
-            rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-            image = np.asarray(rgb, dtype=np.float32) / 255.0
-        image = (image - np.asarray(IMAGENET_DEFAULT_MEAN, np.float32)) / np.asarray(
-            IMAGENET_DEFAULT_STD, np.float32)
-        return torch.from_numpy(np.moveaxis(image, -1, 0).copy())
+            image = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        x = pascal_sample(torch.from_numpy(np.moveaxis(image, -1, 0).copy()), "image", key, size)
+        mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+        return (x - mean) / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     if field == "semseg":
         path = semseg_path(root, sample)
         if path is None:
             raise OSError(f"no semseg/VOC12/{sample}.png nor semseg/pascal-context/{sample}.png")
-        seg = _png(path).astype(np.int64)
-        seg[seg == 255] = IGNORE_INDEX
-        return _resize(torch.from_numpy(seg), size, True)
-    if field == "human_parts":
+        raw = _png(path).astype(np.int64)
+        raw[raw == 255] = IGNORE_INDEX
+    elif field == "human_parts":
         with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:  # header only
             width, height = img.size
-        parts = read_human_parts(root / "human_parts" / f"{sample}.mat", (height, width))
-        return _resize(torch.from_numpy(parts), size, True)
-    if field == "saliency":
+        raw = read_human_parts(root / "human_parts" / f"{sample}.mat", (height, width))
+    elif field == "saliency":
         sal = _png(root / "sal_distill" / f"{sample}.png").astype(np.float32)
         sal = sal[..., 0] if sal.ndim == 3 else sal
-        return _resize(torch.from_numpy(np.where(sal > 127, 1.0, 0.0).astype(np.float32)),
-                       size, True)
-    if field == "normals":
+        raw = np.where(sal > 127, 1.0, 0.0).astype(np.float32)
+    elif field == "normals":
         encoded = _png(root / "normals_distill" / f"{sample}.png").astype(np.float32)
         n = encoded[..., :3] * 2.0 / 255.0 - 1.0
         n[np.linalg.norm(n, axis=-1) < 0.5] = 0.0  # invalid pixels carry no direction
-        return _resize(torch.from_numpy(np.moveaxis(n, -1, 0).copy()), size, True)
-    raise KeyError(f"unknown field {field!r}")
+        raw = np.moveaxis(n, -1, 0).copy()
+    else:
+        raise KeyError(f"unknown field {field!r}")
+    return pascal_sample(torch.from_numpy(raw), FIELD_KINDS[field], key, size)
 
 
 @register_scenario("pascal_context")
@@ -232,9 +224,9 @@ class PascalContext(RealScenario):
                   "normals": (3, size, size)}
 
         def reader(field: str) -> Callable[[int], torch.Tensor]:
-            def read(i: int) -> torch.Tensor:
+            def read(i: int, key: Key | None) -> torch.Tensor:
                 try:
-                    return read_field(root, ids[i], field, size)
+                    return read_field(root, ids[i], field, size, key)
                 except (OSError, ValueError, KeyError, IndexError) as err:
                     raise DataMissingError(
                         f"pascal_context: cannot read {field} of sample {ids[i]} ({err}); "

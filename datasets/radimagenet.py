@@ -16,18 +16,21 @@ has an abdomen/pelvis region in each modality; Lung is CT, Thyroid US, the rest 
 classes are the label folders of its region (sorted), its inputs that region's images.
 
 Splits: MoLA does not publish its split; each label folder's images are split by a seeded
-permutation (data seed 1357) into 80 / 10 / 10 % train / val / test. Images are grey, resized
-bilinearly to S×S, as ``(1, S, S)`` floats in [0, 1], read from disk batch by batch
-(:mod:`bench.streaming`: only the file list is held in memory).
+permutation (data seed 1357) into 80 / 10 / 10 % train / val / test. Images are read from disk
+batch by batch (:mod:`bench.streaming`: only the file list is held in memory) through MoLA's
+reference pipeline (:data:`bench.transforms.RADIMAGENET_IMAGENET`): grey repeated to RGB,
+resize to 256, random resized crop 224 and flip in training, centre crop at test, ImageNet
+mean/std.
 
 Profiles: ``paper`` — ResNet-18, batch 128 (per task), SGD lr 0.05, momentum 0.9, wd 1e-4,
-cosine, 100 epochs (MoLA App. B), every image of the release at 224×224 (ResNet-18's input
-size; MoLA does not state its resolution). ``smoke`` — 32×32, at most 10 images per label, a
-narrow ResNet, 1 epoch.
+cosine, 100 epochs (MoLA App. B), every image of the release, 224×224 crops, a ResNet-18
+trained from scratch (the reference trains its RadImageNet backbone from scratch). ``smoke`` —
+32×32 crops, at most 10 images per label, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from bench.data import (
     split_indices,
 )
 from bench.scenario import DataMissingError
+from bench.transforms import RADIMAGENET_IMAGENET, ClassificationPipeline
 
 DATA_SEED = 1357
 ABDOMEN = ("abd", "abdomen", "abdomen_pelvis", "abdomenpelvis", "abd_pelvis")
@@ -61,8 +65,10 @@ TASKS = (
     ("mr_hip", "Hip", "MR", ("hip",)),
 )
 MODALITY_ALIASES = {"CT": ("ct",), "MR": ("mr", "mri"), "US": ("us", "ultrasound")}
-#: profile -> (image size, max images per label; None = all)
-PROFILE_DATA: dict[str, tuple[int, int | None]] = {"smoke": (32, 10), "paper": (224, None)}
+#: profile -> (input pipeline, max images per label; None = all)
+PROFILE_DATA: dict[str, tuple[ClassificationPipeline, int | None]] = {
+    "smoke": (replace(RADIMAGENET_IMAGENET, size=32, resize=36), 10),
+    "paper": (RADIMAGENET_IMAGENET, None)}
 FRACTIONS = (0.1, 0.1)
 
 
@@ -75,7 +81,7 @@ class RadImageNet(RealScenario):
     heterogeneity = "multi_input"
     folder = "radimagenet"
     backbone = "resnet18"
-    data_version = "2"  # 2: paper profile at 224² with every image, streamed from disk
+    data_version = "3"  # 3: MoLA's reference pipeline (RGB, 256 → crop 224), streamed
     source = "RadImageNet release (on request from radimagenet.com)"
     layout = ("radimagenet/{CT,MR,US}/<anatomy>/<label>/<image> (anatomies: CT lung, abd; "
               "US thyroid, abd; MR knee, shoulder, spine, af, abd, brain, hip)")
@@ -124,7 +130,8 @@ class RadImageNet(RealScenario):
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)
-        size, cap = PROFILE_DATA[profile]
+        pipeline, cap = PROFILE_DATA[profile]
+        size = pipeline.size
         parts: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in ("train", "val", "test")}
         tasks = []
@@ -147,14 +154,14 @@ class RadImageNet(RealScenario):
                     raise DataMissingError(f"radimagenet: region {region} has too few images "
                                            f"for a {split} split")
                 parts[split]["inputs"][task] = image_files(
-                    [p for p, _ in items], size, 1, f"radimagenet/{task}/{split}")
+                    [p for p, _ in items], pipeline, f"radimagenet/{task}/{split}")
                 parts[split]["targets"][task] = torch.tensor([c for _, c in items])
             tasks.append(TaskSpec(task, "classification", len(classes), ("accuracy",),
                                   label=label))
         smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="multi_input", tasks=tuple(tasks),
-            input_shape=(1, size, size), train=Split(**parts["train"]),
+            input_shape=(3, size, size), train=Split(**parts["train"]),
             val=Split(**parts["val"]), test=Split(**parts["test"]),
             training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
             backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},

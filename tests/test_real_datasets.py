@@ -212,8 +212,9 @@ def test_real_pneumoniamnist_loads_when_checksums_are_waived(monkeypatch) -> Non
     assert data.train.size("pneumoniamnist") == 3882  # this copy's train split (official 4708)
     assert data.val.size("pneumoniamnist") == 524
     assert data.test.size("pneumoniamnist") == 624
-    x = data.train.inputs["pneumoniamnist"][:]  # converted from uint8 when taken
-    assert x.shape[1:] == (3, 28, 28) and -1.0 <= float(x.min()) < float(x.max()) <= 1.0
+    x = data.train.inputs["pneumoniamnist"][:64]  # converted from uint8 when taken
+    assert x.shape == (64, 3, 224, 224)  # upsampled as MoLA's reference feeds its ResNet-18
+    assert -1.0 <= float(x.min()) < float(x.max()) <= 1.0
     assert set(data.train.targets["pneumoniamnist"].unique().tolist()) == {0, 1}
 
 
@@ -258,7 +259,7 @@ def test_every_2d_medmnist_subset_loads(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("name,tasks,input_shape", [
-    ("radimagenet", 11, (1, 32, 32)),
+    ("radimagenet", 11, (3, 32, 32)),
     ("vlcs", 4, (3, 32, 32)),
     ("officehome", 4, (3, 32, 32)),
     ("nyuv2", 3, (3, 72, 96)),
