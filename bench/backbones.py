@@ -32,6 +32,17 @@ from bench.registry import Registry
 
 backbones: Registry[Any] = Registry("backbone")
 
+#: backbone -> timm name of the weights ``pretrained=True`` loads
+PRETRAINED: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224.ms_in1k",
+                              "resnet18": "resnet18.tv_in1k"}
+HOW_TO_PROVIDE = ("connect once so timm caches them (or set HF_ENDPOINT to a mirror), or pass a "
+                  "local file with --set backbone.checkpoint=FILE")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights that cannot be obtained (no network, no cache): one line saying how
+    to provide them."""
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convs with BN, identity or 1x1-projection shortcut."""
@@ -114,10 +125,59 @@ def resnet(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResN
 
 
 @backbones.register("resnet18", description="ResNet-18 (MoLA Appendix B), 11.2M parameters")
-def resnet18(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResNet:
+def resnet18(in_channels: int = 3, input_shape: Any = None, pretrained: bool | str = False,
+             checkpoint: str | None = None, **kwargs: Any) -> ResNet:
+    """ResNet-18, torchvision's layout. ``pretrained=True`` starts from the ImageNet weights
+    MoLA's reference loads (torchvision's, timm's ``resnet18.tv_in1k``); ``checkpoint=FILE``
+    from a local torchvision- or timm-format file."""
     kwargs = {"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2), "strides": (1, 2, 2, 2),
               "stem_stride": 2, "stem_pool": True, **kwargs}
-    return ResNet(in_channels=in_channels, **kwargs)
+    model = ResNet(in_channels=in_channels, **kwargs)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        load_torchvision_resnet(model, state.get("state_dict", state), str(checkpoint))
+    elif pretrained:
+        name = PRETRAINED["resnet18"] if pretrained is True else str(pretrained)
+        load_torchvision_resnet(model, timm_pretrained_state(name), name)
+    return model
+
+
+def load_torchvision_resnet(model: ResNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a torchvision/timm ResNet state dict (``conv1``, ``bn1``, ``layerK.B.*``,
+    ``downsample``) into :class:`ResNet`'s layout (``stem``, ``stages``, ``shortcut``); the
+    classifier is ignored. Every tensor of the model must be found (``source`` names the file
+    or weights in the error)."""
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] in ("fc", "classifier", "head"):
+            continue
+        if parts[0] == "conv1":
+            parts[0] = "stem.0"
+        elif parts[0] == "bn1":
+            parts[0] = "stem.1"
+        elif parts[0].startswith("layer"):
+            parts[0] = f"stages.{int(parts[0][5:]) - 1}"
+            parts = ["shortcut" if p == "downsample" else p for p in parts]
+        renamed[".".join(parts)] = value
+    missing, unexpected = model.load_state_dict(renamed, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source} is not a ResNet-18 state dict of torchvision's layout: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of timm's pretrained weights ``name`` (Hugging Face cache, downloaded
+    once); one actionable line when they cannot be obtained."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except Exception as err:  # network, hub or cache errors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PretrainedWeightsError(
+            f"cannot obtain the pretrained weights {name!r} from the Hugging Face hub "
+            f"({type(err).__name__}: {reason[:160]}); {HOW_TO_PROVIDE}") from None
 
 
 class TimmStaged(StagedEncoder):
@@ -150,10 +210,6 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     return backbones.get(name)(**kwargs)
 
 
-#: backbone -> timm name of the weights ``pretrained=True`` loads
-PRETRAINED: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224.ms_in1k"}
-HOW_TO_PROVIDE = ("connect once so timm caches them (or set HF_ENDPOINT to a mirror), or pass a "
-                  "local file with --set backbone.checkpoint=FILE")
 
 
 def weights_problem(name: str, kwargs: dict[str, Any]) -> str | None:

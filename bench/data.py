@@ -40,6 +40,8 @@ DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 VERIFY_ENV = "BENCH_VERIFY_CHECKSUMS"
 DEFAULT_DATA_ROOT = Path("data")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: the narrow ResNet of the ``smoke`` profiles
+SMOKE_WIDTHS = (8, 16, 32, 64)
 
 
 def data_root(explicit: str | Path | None = None) -> Path:
@@ -100,6 +102,18 @@ class RealScenario(Scenario):
     folder: str = ""
     layout: str = ""
     where: str = ""
+    #: whether the paper profile's encoder starts from ImageNet weights (as the reference
+    #: implementation of the scenario's paper does)
+    paper_pretrained: bool = True
+
+    def backbone_of(self, profile: str | None = None) -> str:
+        """``smoke``: a narrow ResNet; otherwise the scenario's paper backbone."""
+        return "resnet" if profile == "smoke" else self.backbone
+
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        if profile == "smoke":
+            return {"widths": SMOKE_WIDTHS}
+        return {"pretrained": True} if profile == "paper" and self.paper_pretrained else {}
 
     def root(self, data_root_: Path | None = None) -> Path:
         return data_root(data_root_) / self.folder
@@ -387,6 +401,7 @@ class DomainBedScenario(RealScenario):
 
     heterogeneity = "domain"
     backbone = "resnet18"
+    data_version = "2"  # 2: MoLA's reference pipeline (augmentation, CLIP mean/std), streamed
     #: (task name, table label, folder name and aliases)
     domains: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     num_classes: int = 0
@@ -466,11 +481,10 @@ class DomainBedScenario(RealScenario):
                 parts[split]["targets"][task] = torch.tensor([c for _, c in chosen])
         tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
                                label=label) for task, label, _ in self.domains)
-        smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="domain", tasks=tasks, input_shape=(3, size, size),
             train=Split(**parts["train"]), val=Split(**parts["val"]),
             test=Split(**parts["test"]), training=self.setup(profile),
-            backbone="resnet" if smoke else "resnet18",
-            backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
+            backbone=self.backbone_of(profile),
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=True, description=self.description)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import HOW_TO_PROVIDE, PRETRAINED, backbones
+from bench.backbones import PRETRAINED, backbones, timm_pretrained_state
 from bench.compat import CompatArchitecture
 from bench.scenario import TaskSpec, is_dense
 
@@ -159,16 +159,7 @@ class SwinBackbone(nn.Module):
     def load_pretrained(self, name: str) -> None:
         """Load timm's pretrained weights ``name`` (downloaded from the Hugging Face hub once,
         then read from its cache) into this Swin, whatever its input size."""
-        import timm
-
-        try:
-            source = timm.create_model(name, pretrained=True, num_classes=0)
-        except Exception as err:  # network, hub or cache errors: one actionable line
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise PretrainedWeightsError(
-                f"cannot obtain the pretrained weights {name!r} from the Hugging Face hub "
-                f"({type(err).__name__}: {reason[:160]}); {HOW_TO_PROVIDE}") from None
-        self.load_state(source.state_dict(), name)
+        self.load_state(timm_pretrained_state(name), name)
 
     def load_state(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load a timm- or Microsoft-format Swin state dict (``source`` names it in errors);
@@ -235,11 +226,6 @@ SWIN_T = {"patch_size": 4, "window_size": 7, "embed_dim": 96, "depths": (2, 2, 6
           "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.2}
 #: timm's name of the ImageNet-1k Swin-T weights MTLoRA starts from (§4.1)
 PRETRAINED_SWIN = PRETRAINED["swin_t"]
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights that cannot be obtained (no network, no cache): one line saying how
-    to provide them."""
 
 
 @backbones.register("swin_t", description="Swin-T, 448px on PASCAL-Context (MTLoRA), else 224px")

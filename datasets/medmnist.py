@@ -54,7 +54,6 @@ MOLA_LABELS = {"pathmnist": "Colon", "octmnist": "Retinal", "organcmnist": "Orga
                "organamnist": "OrganA", "organsmnist": "OrganS", "pneumoniamnist": "Chest"}
 SPLITS = ("train", "val", "test")
 SMOKE_COUNTS = {"train": 64, "val": 32, "test": 32}
-SMOKE_WIDTHS = (8, 16, 32, 64)
 #: the paper profile's input size: MoLA's reference upsamples the 28² images for its ResNet-18
 PAPER_SIZE = 224
 
@@ -133,7 +132,7 @@ class MedMNIST(RealScenario):
     heterogeneity = "multi_input"
     folder = "medmnist"
     backbone = "resnet18"
-    data_version = "2"  # 2: medmnist_mola's ninth task is PneumoniaMNIST (was ChestMNIST)
+    data_version = "3"  # 3: PneumoniaMNIST as the ninth MoLA task; 224², flips, ImageNet ResNet
     source = "MedMNIST v2 official .npz files (zenodo.org/records/10519652)"
     where = "https://zenodo.org/records/10519652 (or `python -m bench data download NAME`)"
     subsets: tuple[str, ...] = MOLA_SUBSETS
@@ -192,13 +191,12 @@ class MedMNIST(RealScenario):
                 splits[split]["inputs"][flag] = x
                 splits[split]["targets"][flag] = y
         tasks = tuple(task_spec(flag, self.labels.get(flag, "")) for flag in self.subsets)
-        smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="multi_input", tasks=tasks, input_shape=(3, size, size),
             train=Split(**splits["train"]), val=Split(**splits["val"]),
             test=Split(**splits["test"]), training=self.setup(profile),
-            backbone="resnet" if smoke else "resnet18",
-            backbone_kwargs={"widths": SMOKE_WIDTHS} if smoke else {},
+            backbone=self.backbone_of(profile),
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=False, description=self.description,
         )
 

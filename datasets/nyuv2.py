@@ -113,6 +113,7 @@ class NYUv2(RealScenario):
     heterogeneity = "single_input"
     folder = "nyuv2"
     backbone = "resnet18"
+    data_version = "2"  # 2: LibMTL's augmentation in training, streamed
     source = "MTAN's preprocessed NYUv2 (github.com/lorenmt/mtan)"
     layout = "nyuv2/{train,val}/{image,label,depth,normal}/<i>.npy"
     where = "the nyuv2.zip link in MTAN's README (github.com/lorenmt/mtan)"
@@ -184,10 +185,9 @@ class NYUv2(RealScenario):
         val = Split(*self._samples(root, "train", [train_ids[i] for i in va.tolist()], (h, w),
                                    "val"))
         test = Split(*self._samples(root, "val", test_ids, (h, w), "test"))
-        smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="single_input", tasks=TASKS, input_shape=(3, h, w),
             train=train, val=val, test=test, training=self.setup(profile),
-            backbone="resnet" if smoke else "resnet18",
-            backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
+            backbone=self.backbone_of(profile),
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             description=self.description)

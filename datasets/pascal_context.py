@@ -179,12 +179,6 @@ class PascalContext(RealScenario):
     where = ("the PASCAL_MT.tgz link of github.com/SimonVandenhende/Multi-Task-Learning-PyTorch "
              "(also used by github.com/scale-lab/MTLoRA)")
 
-    def backbone_of(self, profile: str | None = None) -> str:
-        return "resnet" if profile == "smoke" else self.backbone
-
-    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
-        return {"widths": (8, 16, 32, 64)} if profile == "smoke" else {"pretrained": True}
-
     def ids(self, split: str, data_root_: Path | None = None) -> list[str]:
         path = self.root(data_root_) / "ImageSets" / "Context" / f"{split}.txt"
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -81,6 +81,7 @@ class RadImageNet(RealScenario):
     heterogeneity = "multi_input"
     folder = "radimagenet"
     backbone = "resnet18"
+    paper_pretrained = False  # MoLA's reference trains its RadImageNet encoder from scratch
     data_version = "3"  # 3: MoLA's reference pipeline (RGB, 256 → crop 224), streamed
     source = "RadImageNet release (on request from radimagenet.com)"
     layout = ("radimagenet/{CT,MR,US}/<anatomy>/<label>/<image> (anatomies: CT lung, abd; "
@@ -158,11 +159,10 @@ class RadImageNet(RealScenario):
                 parts[split]["targets"][task] = torch.tensor([c for _, c in items])
             tasks.append(TaskSpec(task, "classification", len(classes), ("accuracy",),
                                   label=label))
-        smoke = profile == "smoke"
         return ScenarioData(
             name=self.name, heterogeneity="multi_input", tasks=tuple(tasks),
             input_shape=(3, size, size), train=Split(**parts["train"]),
             val=Split(**parts["val"]), test=Split(**parts["test"]),
-            training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
-            backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
+            training=self.setup(profile), backbone=self.backbone_of(profile),
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=False, description=self.description)

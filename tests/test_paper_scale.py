@@ -77,19 +77,20 @@ def test_paper_scale_mtlora_on_pascal_reproduces_table1_with_the_pretrained_swin
 
     real_create = timm.create_model
     calls: list[tuple[str, bool]] = []
+    served: list[torch.nn.Module] = []
 
     def fake_create(name: str, pretrained: bool = False, **kwargs):
         calls.append((name, pretrained))
         torch.manual_seed(123)  # stands in for the downloaded ImageNet weights
-        return real_create("swin_tiny_patch4_window7_224", pretrained=False, **kwargs)
+        served.append(real_create("swin_tiny_patch4_window7_224", pretrained=False, **kwargs))
+        return served[-1]
 
     monkeypatch.setattr(timm, "create_model", fake_create)
     model = build_model(resolve_run_method(method, None, "paper"), _pascal_shapes())
     assert calls == [("swin_tiny_patch4_window7_224.ms_in1k", True)]
     trainable, _ = count_parameters(model)
     assert abs(trainable / 1e6 - expected) <= 0.01, trainable
-    torch.manual_seed(123)
-    source = real_create("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0)
+    (source,) = served
     swin = model.encoder.backbone.model
     assert swin.patch_embed.proj.weight.shape == (96, 3, 4, 4)
     assert torch.equal(swin.patch_embed.proj.weight, source.patch_embed.proj.weight)
@@ -154,7 +155,8 @@ def test_weights_problem_cases(tmp_path, monkeypatch) -> None:
 def test_pretrained_weights_that_cannot_be_fetched_are_one_line(monkeypatch) -> None:
     import timm
 
-    from bench.mtlora import PretrainedWeightsError, swin_t
+    from bench.backbones import PretrainedWeightsError
+    from bench.mtlora import swin_t
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'.\nmore details")
@@ -166,3 +168,37 @@ def test_pretrained_weights_that_cannot_be_fetched_are_one_line(monkeypatch) -> 
     message = str(err.value)
     assert "\n" not in message and "swin_tiny_patch4_window7_224.ms_in1k" in message
     assert "backbone.checkpoint=FILE" in message
+
+
+def test_resnet18_loads_torchvision_weights_exactly(tmp_path) -> None:
+    """ImageNet weights in torchvision's layout (timm's ``resnet18.tv_in1k``) map onto our
+    ResNet-18: the same features as the source model, from a pretrained name or a file."""
+    import timm
+
+    torch.manual_seed(7)
+    source = timm.create_model("resnet18", pretrained=False).eval()
+    state = source.state_dict()
+    ours = B.build_backbone("resnet18").eval()
+    B.load_torchvision_resnet(ours, state, "test")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), source.forward_features(x), atol=1e-5)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    from_file = B.build_backbone("resnet18", checkpoint=str(path)).eval()
+    with torch.no_grad():
+        assert torch.equal(from_file(x), ours(x))
+    with pytest.raises(ValueError, match="not a ResNet-18 state dict"):
+        B.load_torchvision_resnet(ours, {"conv1.weight": state["conv1.weight"]}, "partial")
+
+
+def test_paper_profiles_start_from_the_references_weights() -> None:
+    """MoLA's reference initialises ResNets from ImageNet for MedMNIST, VLCS, Office-Home and
+    NYUv2, and trains RadImageNet's from scratch."""
+    pretrained = {name: scenarios.get(name)().backbone_kwargs_of("paper").get("pretrained")
+                  for name in ("medmnist_mola", "vlcs", "officehome", "nyuv2", "radimagenet",
+                               "pascal_context")}
+    assert pretrained == {"medmnist_mola": True, "vlcs": True, "officehome": True,
+                          "nyuv2": True, "radimagenet": None, "pascal_context": True}
+    for name in pretrained:
+        assert "pretrained" not in scenarios.get(name)().backbone_kwargs_of("smoke")
