@@ -116,6 +116,33 @@ def make_optimizer(params: Any, setup: TrainingSetup) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {setup.optimizer!r}")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, setup: TrainingSetup
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule of ``setup``: "cosine" annealing over the epochs
+    (to ``min_lr``), "step" decay (× ``gamma`` every ``step_size`` epochs) or none, after
+    ``warmup_epochs`` of linear warm-up from lr/1000 (MTLoRA's schedule: 20 epochs)."""
+    if setup.scheduler == "cosine" and not setup.warmup_epochs and not setup.min_lr:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.epochs)
+    if setup.scheduler == "none" and not setup.warmup_epochs:
+        return None
+    if setup.scheduler == "step" and setup.step_size < 1:
+        raise ValueError("scheduler 'step' needs train.step_size >= 1 (epochs between decays)")
+    warmup, floor = setup.warmup_epochs, setup.min_lr / setup.lr
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return 1e-3 + (1.0 - 1e-3) * epoch / warmup
+        done = epoch - warmup
+        if setup.scheduler == "cosine":
+            span = max(1, setup.epochs - warmup)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done / span))
+        if setup.scheduler == "step":
+            return setup.gamma ** (done // setup.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _task_input(split: Split, task: str) -> Any:
     return split.inputs[task] if isinstance(split.inputs, dict) else split.inputs
 
@@ -255,8 +282,8 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     trainable, total = count_parameters(model)
     breakdown = model.param_breakdown() if hasattr(model, "param_breakdown") else None
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], setup)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.epochs)
-                 if setup.scheduler == "cosine" else None)
+    scheduler = make_scheduler(optimizer, setup)
+    clipped = [p for p in model.parameters() if p.requires_grad] if setup.grad_clip else []
     weighting_kwargs = spec.resolved_weighting_kwargs()
     fused = (data.multi_input and setup.forward == "fused"
              and spec.arch_spec.supports_fused_multi_input)
@@ -300,6 +327,8 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             if aux is not None:
                 aux.backward(retain_graph=True)
             model.backward(losses, **weighting_kwargs)
+            if clipped:
+                torch.nn.utils.clip_grad_norm_(clipped, setup.grad_clip)
             optimizer.step()
             step += 1
             if progress is not None:

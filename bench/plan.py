@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from bench.backbones import weights_problem
@@ -24,7 +24,7 @@ from bench.method import (
     resolve_run_method,
 )
 from bench.registry import UnknownNameError, ablations, methods, scenarios
-from bench.scenario import DataMissingError, Scenario
+from bench.scenario import DataMissingError, Scenario, TrainingSetup
 
 SCHEMA_VERSION = 1
 
@@ -68,11 +68,12 @@ def build_config(method: str, scenario: str, seed: int, profile: str,
     check_compatible(spec, scen, profile)
     setup = scen.setup(profile)
     if spec.training_overrides:
-        unknown = set(spec.training_overrides) - set(setup.to_dict())
+        known = [f.name for f in fields(TrainingSetup)]
+        unknown = set(spec.training_overrides) - set(known)
         if unknown:
             raise ValueError(f"unknown training setting(s) {sorted(unknown)}; "
-                             f"known: {', '.join(setup.to_dict())}")
-        setup_dict = {**setup.to_dict(), **spec.training_overrides}
+                             f"known: {', '.join(known)}")
+        setup_dict = replace(setup, **spec.training_overrides).to_dict()
     else:
         setup_dict = setup.to_dict()
     return {

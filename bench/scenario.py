@@ -89,14 +89,33 @@ class TrainingSetup:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine"] = "none"
+    #: per epoch: "cosine" to ``min_lr``; "step" = × ``gamma`` every ``step_size`` epochs
+    scheduler: Literal["none", "cosine", "step"] = "none"
     eval_batch_size: int = 512
     #: multi-input scenarios: "fused" = all tasks' batches in one forward pass (default, for
     #: every method alike); "per_task" = one forward per task, as LibMTL's Trainer does
     forward: Literal["fused", "per_task"] = "fused"
+    #: linear warm-up from lr/1000 over this many epochs before the schedule (MTLoRA: 20)
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    step_size: int = 0
+    gamma: float = 0.5
+    #: clip the gradients' global norm to this before each step (0: off; MTLoRA: 5)
+    grad_clip: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as the run config records them; the fields added after the first
+        records are left out while at their defaults, so those records keep their keys."""
+        out = asdict(self)
+        for name, default in LATER_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
+
+#: TrainingSetup fields added after records existed, with their defaults
+LATER_DEFAULTS: dict[str, Any] = {"warmup_epochs": 0, "min_lr": 0.0, "step_size": 0,
+                                  "gamma": 0.5, "grad_clip": 0.0}
 
 
 @dataclass

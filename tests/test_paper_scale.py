@@ -202,3 +202,78 @@ def test_paper_profiles_start_from_the_references_weights() -> None:
                           "nyuv2": True, "radimagenet": None, "pascal_context": True}
     for name in pretrained:
         assert "pretrained" not in scenarios.get(name)().backbone_kwargs_of("smoke")
+
+
+def _lrs(setup: TrainingSetup) -> list[float]:
+    from bench.engine import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=setup.lr)
+    scheduler = make_scheduler(optimizer, setup)
+    lrs = []
+    for _ in range(setup.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # as the engine: a step, then the schedule
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
+def test_schedules_warmup_cosine_floor_and_step() -> None:
+    from bench.engine import make_scheduler
+
+    plain = TrainingSetup(epochs=10, batch_size=2, lr=0.1, scheduler="cosine")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert isinstance(make_scheduler(optimizer, plain),
+                      torch.optim.lr_scheduler.CosineAnnealingLR)  # as the records were made
+    mtlora = TrainingSetup(epochs=30, batch_size=2, lr=1e-3, scheduler="cosine",
+                           warmup_epochs=10, min_lr=1e-5)
+    lrs = _lrs(mtlora)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[5] == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+    assert lrs[10] == pytest.approx(1e-3)  # warm-up done: the cosine starts at the base lr
+    assert lrs[20] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+    assert all(b <= a for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 1e-5
+    step = TrainingSetup(epochs=6, batch_size=2, lr=1.0, scheduler="step", step_size=2,
+                         gamma=0.5)
+    assert _lrs(step) == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match="step_size"):
+        _lrs(TrainingSetup(epochs=2, batch_size=2, scheduler="step"))
+
+
+def test_new_training_settings_keep_old_config_keys_and_can_be_set(tiny_scenario) -> None:
+    from bench.plan import build_config
+
+    setup = TrainingSetup(epochs=1, batch_size=2)
+    assert "grad_clip" not in setup.to_dict() and "warmup_epochs" not in setup.to_dict()
+    config = build_config("hps", "digits_tasks", 0, "smoke", {"train.grad_clip": 1.0})
+    assert config["training"]["grad_clip"] == 1.0
+    with pytest.raises(ValueError, match="unknown training setting.*known: epochs"):
+        build_config("hps", "digits_tasks", 0, "smoke", {"train.clip": 1.0})
+
+
+def test_gradient_clipping_bounds_each_step(tiny_scenario, monkeypatch) -> None:
+    """The engine clips the trainable gradients' norm before every optimizer step when
+    ``grad_clip`` is set, and never otherwise."""
+    from dataclasses import replace as dc_replace
+
+    from bench.engine import train
+
+    scen, data = tiny_scenario("multi_input")
+    spec = resolve_method("hps")
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls: list[tuple[int, float, float]] = []
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        total = real_clip(params, max_norm, *args, **kwargs)
+        after = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        calls.append((len(params), max_norm, float(after)))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    result = train(spec, scen, data, dc_replace(data.training, grad_clip=0.25), seed=0)
+    assert len(calls) == result.steps > 0
+    assert all(n == sum(1 for p in build_model(spec, data).parameters() if p.requires_grad)
+               and norm == 0.25 and after <= 0.25 + 1e-6 for n, norm, after in calls)
+    calls.clear()
+    train(spec, scen, data, data.training, seed=0)
+    assert calls == []

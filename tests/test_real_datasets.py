@@ -622,8 +622,15 @@ def test_paper_profiles_follow_the_papers() -> None:
         assert (s.optimizer, s.lr, s.batch_size) == ("adamw", 1e-4, 128)
     nyu = scenarios.get("nyuv2")().setup("paper")
     assert (nyu.optimizer, nyu.lr, nyu.batch_size) == ("adam", 1e-4, 128)
-    pascal = scenarios.get("pascal_context")().setup("paper")
-    assert (pascal.optimizer, pascal.lr, pascal.epochs) == ("adamw", 5e-4, 300)
+    for name, epochs in (("vlcs", 10), ("officehome", 60)):  # MoLA's reference code
+        s = scenarios.get(name)().setup("paper")
+        assert (s.epochs, s.scheduler, s.weight_decay) == (epochs, "cosine", 1e-4)
+    assert (nyu.scheduler, nyu.step_size, nyu.gamma, nyu.epochs) == ("step", 100, 0.5, 200)
+    pascal = scenarios.get("pascal_context")().setup("paper")  # MTLoRA's reference code
+    assert (pascal.optimizer, pascal.epochs, pascal.batch_size) == ("adamw", 300, 128)
+    assert pascal.lr == pytest.approx(5e-4 * 128 / 512)  # its lr scaled by batch / 512
+    assert (pascal.warmup_epochs, pascal.grad_clip, pascal.weight_decay) == (20, 5.0, 0.05)
+    assert pascal.min_lr == pytest.approx(5e-6 * 128 / 512)
     for name in REAL:  # MoLA App. B's ResNet-18; MTLoRA's Swin-T on PASCAL-Context
         want = "swin_t" if name == "pascal_context" else "resnet18"
         assert scenarios.get(name)().backbone_of("paper") == want
