@@ -193,7 +193,10 @@ class CompatArchitecture(AbsArchitecture):
                 continue
             task_rep = rep[tn] if per_task else rep
             if self.multi_input and task_ids is not None and task_name is None:
-                task_rep = task_rep[task_ids == tn]
+                rows = task_ids == tn
+                if not bool(rows.any()):  # absent from this batch (pooled sampling)
+                    continue
+                task_rep = task_rep[rows]
             task_rep = self._prepare_rep(task_rep, task, same_rep)
             out[task] = self.decoders[task](task_rep)
         return out

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import random
@@ -105,6 +106,22 @@ class TaskSampler:
         return idx
 
 
+class PooledSampler:
+    """Batches drawn from all tasks' training samples pooled (MoLA's reference): one seeded
+    permutation of the union per epoch; each batch is split back into every task's own sample
+    numbers (a task may have none in a batch)."""
+
+    def __init__(self, sizes: list[int], generator: torch.Generator) -> None:
+        self.sampler = TaskSampler(sum(sizes), generator)
+        self.ends = torch.tensor(list(itertools.accumulate(sizes)))
+        self.starts = self.ends - torch.tensor(sizes)
+
+    def next(self, batch_size: int) -> list[torch.Tensor]:
+        idx = self.sampler.next(batch_size)
+        task = torch.bucketize(idx, self.ends, right=True)
+        return [idx[task == t] - self.starts[t] for t in range(len(self.ends))]
+
+
 def make_optimizer(params: Any, setup: TrainingSetup) -> torch.optim.Optimizer:
     if setup.optimizer == "adam":
         return torch.optim.Adam(params, lr=setup.lr, weight_decay=setup.weight_decay)
@@ -161,11 +178,15 @@ def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]
     def keys(t: int, count: int) -> list[tuple[int, ...]] | None:
         return None if augment is None else [(*augment, t, j) for j in range(count)]
 
+    def rows(samples: Any, t: int, idx: torch.Tensor) -> torch.Tensor:
+        if len(idx) == 0:  # a task absent from a pooled batch: nothing to read
+            return torch.empty((0, *samples.shape[1:]))
+        return take(samples, idx, keys(t, len(idx)))
+
     if data.multi_input:
-        x: Any = {t: take(split.inputs[t], index[t], keys(i, len(index[t])))  # type: ignore[index]
+        x: Any = {t: rows(split.inputs[t], i, index[t])  # type: ignore[index]
                   for i, t in enumerate(names)}
-        targets = {t: take(split.targets[t], index[t], keys(i, len(index[t])))
-                   for i, t in enumerate(names)}
+        targets = {t: rows(split.targets[t], i, index[t]) for i, t in enumerate(names)}
     else:
         shared = keys(0, len(index[names[0]]))
         x = take(split.inputs, index[names[0]], shared)
@@ -173,10 +194,12 @@ def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]
     return x, targets
 
 
-def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
-                 ) -> tuple[torch.Tensor, dict]:
+def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool,
+                 share: bool = False) -> tuple[torch.Tensor, dict]:
     """Forward one fetched training batch; return the per-task losses ``(T,)`` and the
-    predictions."""
+    predictions. A task with no rows in the batch (pooled sampling) has loss 0, attached to
+    the graph so that every weighting can differentiate it; with ``share`` each task's loss is
+    scaled by its share of the batch's rows."""
     names = data.task_names
     dev = _device_of(model)
     xs, cpu_targets = batch
@@ -191,11 +214,20 @@ def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
     else:
         out = {}
         for t in names:
-            out.update(model(xs[t].to(dev), task_name=t))
-    losses = torch.stack([task.loss_weight * task_loss(task.kind, out[task.name],
-                                                       targets[task.name], task.loss)
-                          for task in data.tasks])
-    return losses, out
+            if len(xs[t]):
+                out.update(model(xs[t].to(dev), task_name=t))
+    total = sum(len(targets[t]) for t in names)
+    present = [v for t, v in out.items() if len(targets[t])]
+    losses = []
+    for task in data.tasks:
+        rows = len(targets[task.name])
+        if rows == 0 or task.name not in out:
+            losses.append(sum(v.sum() for v in present) * 0.0)
+            continue
+        loss = task.loss_weight * task_loss(task.kind, out[task.name], targets[task.name],
+                                            task.loss)
+        losses.append(loss * (rows / total) if share else loss)
+    return torch.stack(losses), out
 
 
 def compute_losses(model: nn.Module, data: ScenarioData, split: Split,
@@ -290,7 +322,12 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     forward_mode = "fused" if fused else ("per_task" if data.multi_input else "single_input")
     gen = torch.Generator().manual_seed(seed)
     names = data.task_names
-    if data.multi_input:
+    pooled = data.multi_input and setup.sampling == "pooled"
+    if pooled:
+        sizes = [data.train.size(t) for t in names]
+        pool = PooledSampler(sizes, gen)
+        steps_per_epoch = max(1, sum(sizes) // setup.batch_size)
+    elif data.multi_input:
         samplers = {t: TaskSampler(data.train.size(t), gen) for t in names}
         steps_per_epoch = max(math.ceil(data.train.size(t) / setup.batch_size) for t in names)
     else:
@@ -308,7 +345,9 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         """One epoch's batch fetches; the indices are drawn when the fetch is created, and
         streamed samples get their augmentation keys from the seed and the step."""
         for k in range(steps_per_epoch):
-            if data.multi_input:
+            if pooled:
+                index = dict(zip(names, pool.next(setup.batch_size)))
+            elif data.multi_input:
                 index = {t: samplers[t].next(setup.batch_size) for t in names}
             else:
                 idx = shared.next(setup.batch_size)
@@ -319,7 +358,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     for epoch in range(setup.epochs):
         model.train()
         for batch in prefetched(epoch_batches(epoch), streamed):
-            losses, _ = batch_losses(model, data, batch, fused)
+            losses, _ = batch_losses(model, data, batch, fused, setup.loss_share)
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)

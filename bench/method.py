@@ -212,6 +212,14 @@ def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None =
         raise IncompatibleError(
             f"method {spec.name!r}: weighting {spec.weighting!r} does not support "
             f"rep_grad={spec.rep_grad}")
+    if (spec.rep_grad and profile is not None and scenario.heterogeneity != "single_input"
+            and replace(scenario.setup(profile), **spec.training_overrides).sampling
+            == "pooled"):
+        raise IncompatibleError(
+            f"method {spec.name!r}: weighting {spec.weighting!r} needs every task's "
+            f"representation in every batch, but scenario {scenario.name!r} draws pooled "
+            f"batches in profile {profile!r} (some tasks are absent from a batch); "
+            "--set train.sampling=per_task gives every task rows in every step")
     backbone, _ = spec.resolve_backbone(scenario.backbone_of(profile), {})
     if spec.backbone is not None:
         backbones.get(spec.backbone)  # an unknown name: UnknownNameError with suggestions

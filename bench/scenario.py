@@ -84,7 +84,7 @@ class TrainingSetup:
     """Optimisation settings of a scenario profile (methods may override some)."""
 
     epochs: int
-    batch_size: int  # per task in multi-input scenarios
+    batch_size: int  # per task in multi-input scenarios, unless ``sampling`` is "pooled"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -102,6 +102,13 @@ class TrainingSetup:
     gamma: float = 0.5
     #: clip the gradients' global norm to this before each step (0: off; MTLoRA: 5)
     grad_clip: float = 0.0
+    #: multi-input batches: "per_task" = ``batch_size`` samples of every task per step, an
+    #: epoch as long as the largest task (LibMTL); "pooled" = ``batch_size`` samples drawn from
+    #: all tasks' samples together, an epoch = one pass over them (MoLA's reference)
+    sampling: Literal["per_task", "pooled"] = "per_task"
+    #: scale each task's mean loss by its share of the batch, so that the losses sum to the
+    #: batch's mean loss (MoLA's reference on MedMNIST and RadImageNet)
+    loss_share: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as the run config records them; the fields added after the first
@@ -115,7 +122,8 @@ class TrainingSetup:
 
 #: TrainingSetup fields added after records existed, with their defaults
 LATER_DEFAULTS: dict[str, Any] = {"warmup_epochs": 0, "min_lr": 0.0, "step_size": 0,
-                                  "gamma": 0.5, "grad_clip": 0.0}
+                                  "gamma": 0.5, "grad_clip": 0.0, "sampling": "per_task",
+                                  "loss_share": False}
 
 
 @dataclass

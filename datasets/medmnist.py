@@ -24,11 +24,12 @@ Multi-class and binary subsets are classification (accuracy, MoLA's metric), Ret
 ordinal grades included; ChestMNIST is ``multilabel`` (MedMNIST's ACC at 0.5, then AUC).
 The official train/val/test splits are kept.
 
-Profiles: ``paper`` — MoLA App. B and the reference code: images upsampled to 224², ResNet-18,
-batch 128 (per task), SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine schedule, 100
-epochs; all samples (~0.6 GB of uint8 in memory for the nine subsets). ``smoke`` — the first
-64/32/32 train/val/test samples of each subset at 28², a narrow ResNet, 1 epoch (for checking a
-download and for tests).
+Profiles: ``paper`` — MoLA App. B and the reference code: images upsampled to 224², ResNet-18 from
+ImageNet weights, batches of 128 drawn from all subsets pooled (an epoch is one pass over them; each
+task's loss weighted by its share of the batch), SGD lr 0.05, momentum 0.9, weight decay 1e-4,
+cosine schedule, 100 epochs; all samples (~0.6 GB of uint8 in memory for the nine subsets).
+``smoke`` — the first 64/32/32 train/val/test samples of each subset at 28², a narrow ResNet, 1
+epoch (for checking a download and for tests).
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ class MedMNIST(RealScenario):
         self.check_profile(profile)
         if profile == "smoke":
             return TrainingSetup(epochs=1, batch_size=16, lr=1e-3, eval_batch_size=256)
+        # MoLA App. B and its reference: batches of 128 drawn from all subsets pooled, each
+        # task's loss weighted by its share of the batch
         return TrainingSetup(epochs=100, batch_size=128, optimizer="sgd", lr=0.05,
                              momentum=0.9, weight_decay=1e-4, scheduler="cosine",
-                             eval_batch_size=1024)
+                             eval_batch_size=1024, sampling="pooled", loss_share=True)
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_profile(profile)

@@ -22,10 +22,11 @@ reference pipeline (:data:`bench.transforms.RADIMAGENET_IMAGENET`): grey repeate
 resize to 256, random resized crop 224 and flip in training, centre crop at test, ImageNet
 mean/std.
 
-Profiles: ``paper`` — ResNet-18, batch 128 (per task), SGD lr 0.05, momentum 0.9, wd 1e-4,
-cosine, 100 epochs (MoLA App. B), every image of the release, 224×224 crops, a ResNet-18
-trained from scratch (the reference trains its RadImageNet backbone from scratch). ``smoke`` —
-32×32 crops, at most 10 images per label, a narrow ResNet, 1 epoch.
+Profiles: ``paper`` — ResNet-18, batches of 128 drawn from all regions pooled with each task's loss
+weighted by its share of the batch (the reference's rule), SGD lr 0.05, momentum 0.9, wd 1e-4,
+cosine, 100 epochs (MoLA App. B), every image of the release, 224×224 crops, a ResNet-18 trained
+from scratch (the reference trains its RadImageNet backbone from scratch). ``smoke`` — 32×32 crops,
+at most 10 images per label, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class RadImageNet(RealScenario):
             return TrainingSetup(epochs=1, batch_size=16, lr=1e-3, eval_batch_size=256)
         return TrainingSetup(epochs=100, batch_size=128, optimizer="sgd", lr=0.05,
                              momentum=0.9, weight_decay=1e-4, scheduler="cosine",
-                             eval_batch_size=512)
+                             eval_batch_size=512, sampling="pooled", loss_share=True)
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)

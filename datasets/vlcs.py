@@ -10,10 +10,11 @@ Tasks: one per domain, in MoLA (ICML 2024) Table 2's column order V, L, C, S; on
 space (Uniform uses one head). Splits, image handling: :class:`bench.data.DomainBedScenario`
 (seeded 80/10/10 % per domain, data seed 2024).
 
-Profiles: ``paper`` — MoLA App. B: ResNet-18, batch 128 (per domain), AdamW lr 1e-4; from
-MoLA's reference code (the paper does not state them): ImageNet weights, weight decay 1e-4,
-cosine schedule, 10 epochs, its augmentation at 224² (:data:`bench.transforms.DOMAINBED_CLIP`).
-``smoke`` — 32×32, at most 6 images per class and domain, a narrow ResNet, 1 epoch.
+Profiles: ``paper`` — MoLA App. B: ResNet-18, batches of 128 drawn from all domains pooled, AdamW lr
+1e-4; from MoLA's reference code (the paper does not state them): ImageNet weights, weight decay
+1e-4, cosine schedule, 10 epochs, its augmentation at 224²
+(:data:`bench.transforms.DOMAINBED_CLIP`). ``smoke`` — 32×32, at most 6 images per class and domain,
+a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations

@@ -277,3 +277,72 @@ def test_gradient_clipping_bounds_each_step(tiny_scenario, monkeypatch) -> None:
     calls.clear()
     train(spec, scen, data, data.training, seed=0)
     assert calls == []
+
+
+# ------------------------------------------------------------------ pooled sampling (MoLA)
+def test_pooled_sampler_passes_over_the_union_once_per_epoch() -> None:
+    from bench.engine import PooledSampler
+
+    sizes = [5, 1, 10]
+    sampler = PooledSampler(sizes, torch.Generator().manual_seed(0))
+    seen: list[set[int]] = [set(), set(), set()]
+    counts = []
+    for _ in range(4):  # 16 samples, batch 4: one epoch
+        parts = sampler.next(4)
+        counts.append([len(p) for p in parts])
+        for t, part in enumerate(parts):
+            assert all(0 <= int(i) < sizes[t] for i in part)
+            assert not seen[t] & set(part.tolist())  # no sample twice in an epoch
+            seen[t] |= set(part.tolist())
+    assert [len(s) for s in seen] == sizes and all(sum(c) == 4 for c in counts)
+    assert any(0 in c for c in counts)  # a small task is absent from some batches
+
+
+def test_absent_tasks_get_a_zero_loss_and_shares_sum_to_the_batch_mean(tiny_scenario) -> None:
+    from bench.engine import batch_losses
+
+    _, data = tiny_scenario("multi_input")
+    torch.manual_seed(0)
+    model = build_model(resolve_method("hps"), data)
+    xs = {"a": data.train.inputs["a"][:6], "b": data.train.inputs["b"][:0]}
+    ys = {"a": data.train.targets["a"][:6], "b": data.train.targets["b"][:0]}
+    losses, out = batch_losses(model, data, (xs, ys), fused=True)
+    assert set(out) == {"a"} and float(losses[1].detach()) == 0.0 and losses.requires_grad
+    losses.sum().backward()  # every weighting can differentiate every task's loss
+    xs["b"], ys["b"] = data.train.inputs["b"][:2], data.train.targets["b"][:2]
+    model.zero_grad()
+    shared, out = batch_losses(model, data, (xs, ys), fused=True, share=True)
+    per_row = torch.cat([torch.nn.functional.cross_entropy(out[t], ys[t], reduction="none")
+                         for t in ("a", "b")])
+    assert float(shared.sum().detach()) == pytest.approx(float(per_row.mean().detach()), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["hps", "single_task", "pcgrad", "mgda", "cagrad", "mmoe",
+                                    "cgc", "cross_stitch", "uniform", "mola_grad",
+                                    "mola_router", "mtlora"])
+def test_every_method_trains_on_pooled_batches(tiny_scenario, method: str) -> None:
+    from dataclasses import replace as dc_replace
+
+    from bench.engine import train
+
+    scen, data = tiny_scenario("multi_input")
+    small = dc_replace(data, train=Split({"a": data.train.inputs["a"][:14],
+                                          "b": data.train.inputs["b"][:2]},
+                                         {"a": data.train.targets["a"][:14],
+                                          "b": data.train.targets["b"][:2]}))
+    setup = dc_replace(data.training, batch_size=4, sampling="pooled", loss_share=True)
+    result = train(resolve_method(method), scen, small, setup, seed=0)
+    assert result.steps == 16 // 4  # one pass over the 16 pooled samples
+    assert all(torch.isfinite(torch.tensor(h["val_task_losses"])).all() for h in result.history)
+
+
+def test_representation_gradient_weightings_refuse_pooled_batches() -> None:
+    from bench.method import IncompatibleError, check_compatible
+
+    medmnist = scenarios.get("medmnist_mola")()
+    assert medmnist.setup("paper").sampling == "pooled"
+    with pytest.raises(IncompatibleError, match="pooled batches.*train.sampling=per_task"):
+        check_compatible(resolve_run_method("mgda_ub", None, "paper"), medmnist, "paper")
+    check_compatible(resolve_run_method("mgda_ub", {"train.sampling": "per_task"}, "paper"),
+                     medmnist, "paper")
+    check_compatible(resolve_run_method("mgda_ub", None, "smoke"), medmnist, "smoke")
