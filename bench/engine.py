@@ -217,12 +217,11 @@ def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
             if len(xs[t]):
                 out.update(model(xs[t].to(dev), task_name=t))
     total = sum(len(targets[t]) for t in names)
-    present = [v for t, v in out.items() if len(targets[t])]
     losses = []
     for task in data.tasks:
         rows = len(targets[task.name])
         if rows == 0 or task.name not in out:
-            losses.append(sum(v.sum() for v in present) * 0.0)
+            losses.append(sum(v.sum() for t, v in out.items() if len(targets[t])) * 0.0)
             continue
         loss = task.loss_weight * task_loss(task.kind, out[task.name], targets[task.name],
                                             task.loss)
@@ -313,9 +312,9 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     model = build_model(spec, data, default_device())
     trainable, total = count_parameters(model)
     breakdown = model.param_breakdown() if hasattr(model, "param_breakdown") else None
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], setup)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trained, setup)
     scheduler = make_scheduler(optimizer, setup)
-    clipped = [p for p in model.parameters() if p.requires_grad] if setup.grad_clip else []
     weighting_kwargs = spec.resolved_weighting_kwargs()
     fused = (data.multi_input and setup.forward == "fused"
              and spec.arch_spec.supports_fused_multi_input)
@@ -366,8 +365,8 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             if aux is not None:
                 aux.backward(retain_graph=True)
             model.backward(losses, **weighting_kwargs)
-            if clipped:
-                torch.nn.utils.clip_grad_norm_(clipped, setup.grad_clip)
+            if setup.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trained, setup.grad_clip)
             optimizer.step()
             step += 1
             if progress is not None:
