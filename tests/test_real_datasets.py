@@ -220,6 +220,25 @@ def test_real_pneumoniamnist_loads_when_checksums_are_waived(monkeypatch) -> Non
 
 @pytest.mark.skipif(not PNEUMONIA.is_file(),
                     reason=f"real sample {PNEUMONIA} absent (only on the project's machine)")
+def test_real_pneumoniamnist_trains_in_the_smoke_profile(monkeypatch) -> None:
+    """Real chest X-rays (MoLA's ninth MedMNIST task) through the engine: one smoke epoch of
+    HPS and of MoLA-Grad on the file's first samples, finite losses and accuracies."""
+    from bench.engine import train
+    from bench.method import resolve_method
+
+    monkeypatch.setenv(bdata.VERIFY_ENV, "0")
+    scen = _pneumonia_scenario()
+    data = scen.load("smoke", data_root=SHARED)
+    assert data.train.size("pneumoniamnist") == 64 and data.input_shape == (3, 28, 28)
+    for method in ("hps", "mola_grad"):
+        result = train(resolve_method(method), scen, data, data.training, seed=0)
+        accuracy = result.test_metrics["pneumoniamnist"]["accuracy"]
+        assert 0.0 <= accuracy <= 100.0
+        assert all(math.isfinite(v) for h in result.history for v in h["val_task_losses"])
+
+
+@pytest.mark.skipif(not PNEUMONIA.is_file(),
+                    reason=f"real sample {PNEUMONIA} absent (only on the project's machine)")
 def test_real_pneumoniamnist_is_rejected_when_checksums_are_enforced() -> None:
     scen = _pneumonia_scenario()
     with pytest.raises(DataMissingError) as err:
