@@ -36,7 +36,7 @@ import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
-from bench.scenario import DataMissingError
+from bench.scenario import DataMissingError, ScenarioShape
 
 MOLA_SUBSETS = ("pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist",
                 "dermamnist", "organamnist", "organsmnist", "chestmnist")
@@ -188,6 +188,19 @@ class MedMNIST(RealScenario):
             backbone_kwargs={"widths": SMOKE_WIDTHS} if smoke else {},
             shared_label_space=False, description=self.description,
         )
+
+    def nominal_shape(self, profile: str) -> ScenarioShape:
+        """Split sizes from ``medmnist.INFO[flag]['n_samples']`` (smoke: capped at
+        ``SMOKE_COUNTS``), at the official release's 28×28 (3 channels, as :meth:`load`)."""
+        self.check_profile(profile)
+        sizes: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+        for flag in self.subsets:
+            for split in SPLITS:
+                count = info()[flag]["n_samples"][split]
+                sizes[split][flag] = (min(count, SMOKE_COUNTS[split]) if profile == "smoke"
+                                      else count)
+        tasks = tuple(task_spec(flag, self.labels.get(flag, "")) for flag in self.subsets)
+        return self._nominal(profile, tasks, (3, 28, 28), sizes)
 
 
 @register_scenario("medmnist_mola")

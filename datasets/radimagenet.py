@@ -33,7 +33,7 @@ import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import FileStatus, RealScenario, find_dir, list_images, load_image, split_indices
-from bench.scenario import DataMissingError
+from bench.scenario import DataMissingError, ScenarioShape
 
 DATA_SEED = 1357
 ABDOMEN = ("abd", "abdomen", "abdomen_pelvis", "abdomenpelvis", "abd_pelvis")
@@ -149,3 +149,9 @@ class RadImageNet(RealScenario):
             training=self.setup(profile), backbone="resnet" if smoke else "resnet18",
             backbone_kwargs={"widths": (8, 16, 32, 64)} if smoke else {},
             shared_label_space=False, description=self.description)
+
+    def nominal_shape(self, profile: str) -> ScenarioShape | None:
+        """Unknown: the release's per-region image and label counts are not published in a form
+        this file could state, so RadImageNet's cost is estimated only once its data are
+        present."""
+        return None
