@@ -5,18 +5,109 @@ Tiny configs only; nothing here asserts a time.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from bench import cost
+from bench.engine import epoch_steps
+from bench.method import resolve_method
+from bench.plan import make_run
 from bench.registry import scenarios
+from bench.scenario import ScenarioShape, TrainingSetup
 
 
 @pytest.fixture(autouse=True)
 def _no_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Real datasets are absent."""
+    """Real datasets are absent; counting runs on the CPU with one thread."""
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "no-data"))
+    monkeypatch.setenv("BENCH_DEVICE", "cpu")
+    torch.set_num_threads(1)
+
+
+def _shape(tiny_scenario, kind: str) -> tuple[ScenarioShape, TrainingSetup]:
+    _, data = tiny_scenario(kind)
+    return ScenarioShape.of(data), data.training
+
+
+@pytest.mark.parametrize("shape_only", [True, False])
+def test_count_of_a_linear_layer_matches_the_hand_count(shape_only: bool) -> None:
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+
+    def step() -> None:
+        layer(x).sum().backward()
+
+    # forward x·Wᵀ, backward dL/dx and dL/dW: three (5×8)·(8×4)-sized products of 2 FLOPs/MAC
+    assert cost.count_flops(step, shape_only) == 3 * 2 * 5 * 8 * 4
+
+
+def test_cpu_attention_kernel_is_counted() -> None:
+    q = torch.randn(2, 3, 16, 8, requires_grad=True)
+
+    def attend() -> None:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+
+    product = 2 * (2 * 3) * 16 * 16 * 8  # one (16×8)·(8×16)-sized product per batch and head
+    # forward Q·Kᵀ, P·V; backward (as torch counts it): Q·Kᵀ again, dV, dP, dQ, dK
+    assert cost.count_flops(attend, shape_only=False) == 7 * product
+
+
+@pytest.mark.parametrize("kind", ["multi_input", "single_input"])
+@pytest.mark.parametrize("method", ["hps", "pcgrad", "mgda_ub", "cagrad", "mola_router",
+                                    "mtlora"])
+def test_shape_only_counting_equals_real_execution(method: str, kind: str,
+                                                   tiny_scenario) -> None:
+    shape, setup = _shape(tiny_scenario, kind)
+    spec = resolve_method(method)
+    assert (cost.method_flops(spec, shape, setup, shape_only=True)
+            == cost.method_flops(spec, shape, setup, shape_only=False))
+
+
+def test_step_flops_scale_with_the_batch(tiny_scenario) -> None:
+    shape, setup = _shape(tiny_scenario, "single_input")
+    spec = resolve_method("hps")
+    counts = cost.method_flops(spec, shape, setup)
+    assert counts.step.fixed == 0 and counts.step.per_sample > 0  # HPS: all FLOPs per sample
+    small = cost.step_flops(spec, shape, TrainingSetup(epochs=1, batch_size=4))
+    large = cost.step_flops(spec, shape, TrainingSetup(epochs=1, batch_size=8))
+    assert large == 2 * small
+    # a batch larger than the training set is capped as the engine's sampler caps it
+    train = shape.sizes["train"][shape.task_names[0]]
+    capped = cost.step_flops(spec, shape, TrainingSetup(epochs=1, batch_size=10 * train))
+    assert capped == cost.step_flops(spec, shape, TrainingSetup(epochs=1, batch_size=train))
+
+
+def test_per_task_gradient_weighting_counts_its_backward_passes(tiny_scenario) -> None:
+    shape, setup = _shape(tiny_scenario, "multi_input")
+    hps = cost.method_flops(resolve_method("hps"), shape, setup)
+    pcgrad = cost.method_flops(resolve_method("pcgrad"), shape, setup)
+    assert pcgrad.evaluation == hps.evaluation  # the same forward
+    # T = 2 backward passes through the shared encoder instead of one
+    assert pcgrad.step.per_sample > 1.5 * hps.step.per_sample
+
+
+def test_run_flops_follow_the_engines_steps_and_evaluations() -> None:
+    run = make_run("hps", "digits_tasks", 0, "smoke")
+    shape = cost.scenario_shape("digits_tasks", "smoke")
+    assert shape is not None and not shape.nominal
+    setup = scenarios.get("digits_tasks")().setup("smoke")
+    result = cost.run_flops(run)
+    assert result is not None
+    per_epoch = max(math.ceil(n / setup.batch_size) for n in shape.sizes["train"].values())
+    assert result.steps == setup.epochs * per_epoch == setup.epochs * epoch_steps(
+        list(shape.sizes["train"].values()), setup.batch_size, True)
+    assert result.train_flops == result.steps * result.step_flops
+    spec = resolve_method("hps")
+    assert result.eval_flops == (setup.epochs * cost.eval_flops(spec, shape, setup, "val")
+                                 + cost.eval_flops(spec, shape, setup, "test"))
+    longer = make_run("hps", "digits_tasks", 0, "smoke", {"train.epochs": 2 * setup.epochs})
+    assert cost.run_flops(longer).train_flops == 2 * result.train_flops  # type: ignore[union-attr]
+    plan = cost.plan_flops([run, make_run("hps", "digits_tasks", 1, "smoke")])
+    assert set(plan.values()) == {result}  # seeds share the cost
 
 
 def test_nominal_shapes_of_real_scenarios_come_from_published_sizes() -> None:
@@ -62,3 +153,8 @@ def test_nominal_shapes_of_real_scenarios_come_from_published_sizes() -> None:
 def _constants(scenario: object) -> object:
     """The module (plugin file) that defines a scenario class."""
     return sys.modules[type(scenario).__module__]
+
+
+def test_plan_flops_in_worker_processes_match_one_process() -> None:
+    runs = [make_run(method, "digits_domains", 0, "smoke") for method in ("hps", "mgda")]
+    assert cost.plan_flops(runs, jobs=2) == cost.plan_flops(runs, jobs=1)
