@@ -1,4 +1,5 @@
-"""Scenario shapes (``Scenario.shape``) and counted-FLOP cost estimates (``bench.cost``).
+"""Scenario shapes (``Scenario.shape``), counted-FLOP cost estimates (``bench.cost``) and the
+dry run's estimate without records.
 
 Tiny configs only; nothing here asserts a time.
 """
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from bench import cost
+from bench.cli import main
 from bench.engine import epoch_steps
 from bench.method import resolve_method
 from bench.plan import make_run
@@ -153,6 +155,31 @@ def test_nominal_shapes_of_real_scenarios_come_from_published_sizes() -> None:
 def _constants(scenario: object) -> object:
     """The module (plugin file) that defines a scenario class."""
     return sys.modules[type(scenario).__module__]
+
+
+def test_dry_run_without_records_prints_a_counted_estimate(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--method", "hps,pcgrad", "--scenario", "digits_tasks", "--profile",
+                 "smoke", "--seeds", "0,1", "--jobs", "1", "--dry-run", "--results-dir",
+                 str(tmp_path / "results")]) == 0
+    out, err = capsys.readouterr()
+    assert "estimated cost of the 4 runs to do: 4 by counted FLOPs" in err
+    assert "GFLOP/s measured on a ResNet-18 step" in err and "with --jobs 1" in err
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(line.endswith("FLOP") for line in lines)
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_of_real_scenarios_without_data(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--method", "hps", "--scenario", "medmnist_mola,radimagenet",
+                 "--profile", "paper", "--seeds", "0", "--jobs", "1", "--dry-run",
+                 "--results-dir", str(tmp_path / "results")]) == 0
+    out, err = capsys.readouterr()
+    assert "data missing for medmnist_mola" in err
+    assert "1 by counted FLOPs" in err
+    assert "published dataset sizes (data not present): medmnist_mola" in err
+    assert ("no estimate for radimagenet: sample counts unknown until its data are present"
+            in err)
+    assert "size unknown" in out and "PFLOP" in out
 
 
 def test_plan_flops_in_worker_processes_match_one_process() -> None:
