@@ -230,7 +230,7 @@ def _print_estimate(todo: list[Any], results_dir: Path, args: argparse.Namespace
             f"counted FLOPs / this {device.type}'s rate ({where}): {_flops(rate)}/s measured on "
             f"a ResNet-18 step (batch {RATE_WORKLOAD['batch']}, {RATE_WORKLOAD['size']} px); "
             "element-wise work, per-step overheads and data loading are not counted, so read it "
-            "as a lower bound (the small models of the default profile took 3.3× it, README)")
+            "as a lower bound (the small models of the default profile took about 3× it, README)")
         nominal = sorted({run.scenario for run, cost in costs.items() if cost.nominal})
         if nominal:
             details.append(f"published dataset sizes (data not present): {', '.join(nominal)}")
