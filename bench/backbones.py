@@ -32,6 +32,8 @@ from bench.registry import Registry
 
 backbones: Registry[Any] = Registry("backbone")
 
+#: backbone keywords that choose weights, not the architecture
+WEIGHT_KWARGS = ("pretrained", "checkpoint")
 #: backbone -> timm name of the weights ``pretrained=True`` loads
 PRETRAINED: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224.ms_in1k",
                               "resnet18": "resnet18.tv_in1k"}

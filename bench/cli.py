@@ -120,18 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  weights missing for {method} on {scenario}: its runs cannot start yet "
               f"({problem})", file=sys.stderr)
     if args.dry_run:
-        estimate = _estimate_seconds(todo, results_dir)
-        if estimate is not None:
-            print(f"estimated cost of the {len(todo)} runs to do: {estimate / 60:.1f} min of "
-                  f"single-run time (from earlier records), ~{estimate / 60 / args.jobs:.1f} min "
-                  f"with --jobs {args.jobs}", file=sys.stderr)
-        elif todo:
-            print("no earlier records of these scenarios and profile: no cost estimate",
-                  file=sys.stderr)
+        notes = _print_estimate(todo, results_dir, args) if todo else {}
         for run in the_plan.runs:
             state = "todo" if run in todo else "done"
+            note = f"  {notes[run]}" if run in notes else ""
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
-                  f"{run.config_hash[:12]}")
+                  f"{run.config_hash[:12]}{note}")
         return 0
     engine = _backend(args)
     bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
@@ -189,31 +183,92 @@ def _backend(args: argparse.Namespace) -> Any:
     return get_backend("slurm", jobs=args.jobs, scheduler=args.scheduler, **slurm)
 
 
-def _estimate_seconds(runs: list[Any], results_dir: Path) -> float | None:
-    """Sum of the median wall time of earlier records of the same (scenario, label, profile),
-    falling back to the median over the scenario and profile."""
+def _record_seconds(runs: list[Any], results_dir: Path) -> dict[Any, float]:
+    """The median wall time of earlier records of the same (scenario, label, profile), for the
+    runs that have some."""
     import statistics
 
     from bench.records import load_records
 
     records, _ = load_records(results_dir)
-    exact: dict[tuple[str, str, str], list[float]] = {}
-    loose: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str, str], list[float]] = {}
     for rec in records:
         if rec.get("wall_time_s"):
-            exact.setdefault((rec["scenario"], rec["label"], rec["profile"]), []).append(
+            times.setdefault((rec["scenario"], rec["label"], rec["profile"]), []).append(
                 rec["wall_time_s"])
-            loose.setdefault((rec["scenario"], rec["profile"]), []).append(rec["wall_time_s"])
-    if not records:
-        return None
-    total, matched = 0.0, 0
-    for run in runs:
-        times = exact.get((run.scenario, run.display, run.profile)) or loose.get(
-            (run.scenario, run.profile))
-        if times:
-            total += statistics.median(times)
-            matched += 1
-    return total if matched else None
+    matched = {run: times.get((run.scenario, run.display, run.profile)) for run in runs}
+    return {run: statistics.median(found) for run, found in matched.items() if found}
+
+
+def _print_estimate(todo: list[Any], results_dir: Path, args: argparse.Namespace
+                    ) -> dict[Any, str]:
+    """Print the estimated cost of the runs to do on stderr: from earlier records of the same
+    runs where there are some, else from their counted FLOPs and this device's measured rate
+    (:mod:`bench.cost`). Returns a note per run for the listing."""
+    from bench.cost import RATE_WORKLOAD, device_rate, plan_flops
+    from bench.engine import default_device
+
+    recorded = _record_seconds(todo, results_dir)
+    counted = plan_flops([run for run in todo if run not in recorded], args.jobs)
+    costs = {run: cost for run, cost in counted.items() if cost is not None}
+    cores = os.cpu_count() or 1
+    local = args.backend == "local"
+    parts, details, seconds = [], [], 0.0
+    notes = {run: f"~{_duration(t)} (records)" for run, t in recorded.items()}
+    if recorded:
+        seconds += sum(recorded.values())
+        parts.append(f"{len(recorded)} from earlier records {_duration(seconds)}")
+    if costs:
+        device = default_device()
+        threads = max(1, cores // args.jobs) if local and device.type == "cpu" else None
+        rate = device_rate(device, threads)
+        flops = sum(cost.flops for cost in costs.values())
+        seconds += flops / rate
+        parts.append(f"{len(costs)} by counted FLOPs {_flops(flops)} ≈ {_duration(flops / rate)}")
+        where = f"{threads} thread{'s' * (threads != 1)} per run" if threads else device.type
+        details.append(
+            f"counted FLOPs / this {device.type}'s rate ({where}): {_flops(rate)}/s measured on "
+            f"a ResNet-18 step (batch {RATE_WORKLOAD['batch']}, {RATE_WORKLOAD['size']} px); "
+            "element-wise work, per-step overheads and data loading are not counted, so read it "
+            "as a lower bound (the small models of the default profile took about 3× it, README)")
+        nominal = sorted({run.scenario for run, cost in costs.items() if cost.nominal})
+        if nominal:
+            details.append(f"published dataset sizes (data not present): {', '.join(nominal)}")
+        notes.update({run: _flops(cost.flops) for run, cost in costs.items()})
+    if parts:
+        parallel = min(args.jobs, cores) if local else args.jobs
+        total = f" = {_duration(seconds)}" if len(parts) > 1 else ""
+        print(f"estimated cost of the {len(todo)} runs to do: {' + '.join(parts)}{total} of "
+              f"single-run time, ~{_duration(seconds / parallel)} with --jobs {args.jobs}",
+              file=sys.stderr)
+    for line in details:
+        print(f"  {line}", file=sys.stderr)
+    for scenario in sorted({run.scenario for run, cost in counted.items() if cost is None}):
+        print(f"  no estimate for {scenario}: sample counts unknown until its data are present",
+              file=sys.stderr)
+    notes.update({run: "size unknown" for run, cost in counted.items() if cost is None})
+    return notes
+
+
+def _flops(value: float) -> str:
+    """``12.3 TFLOP``: FLOPs with an SI prefix."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}FLOP"
+    return f"{value:.0f} FLOP"
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.4 min``, ``37.5 h`` or ``12.0 d``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 4 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 # ------------------------------------------------------------------ leaderboard / results

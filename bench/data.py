@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.scenario import DataMissingError, Scenario
+from bench.scenario import DataMissingError, Scenario, ScenarioShape, TaskSpec
 
 if TYPE_CHECKING:
     from bench.streaming import Key, LazySamples
@@ -145,6 +145,27 @@ class RealScenario(Scenario):
         if problems:
             raise DataMissingError(self.missing_message(problems, data_root_))
 
+    def shape(self, profile: str, data_root_: Path | None = None) -> ScenarioShape | None:
+        """Read off the data when they are present, else :meth:`nominal_shape`."""
+        try:
+            self.check_data(profile, data_root_)
+        except DataMissingError:
+            return self.nominal_shape(profile)
+        return super().shape(profile, data_root_)
+
+    def nominal_shape(self, profile: str) -> ScenarioShape | None:
+        """The shape of ``profile`` from the dataset's published sizes, for cost estimates
+        before a download; None when they are unknown."""
+        return None
+
+    def _nominal(self, profile: str, tasks: tuple[TaskSpec, ...],
+                 input_shape: tuple[int, int, int], sizes: dict[str, dict[str, int]],
+                 shared_label_space: bool = False) -> ScenarioShape:
+        """A nominal shape on the encoder the loaders use (:meth:`backbone_of`)."""
+        return ScenarioShape(
+            self.name, self.heterogeneity, tasks, input_shape, self.backbone_of(profile),
+            self.backbone_kwargs_of(profile), shared_label_space, sizes, nominal=True)
+
 
 # ------------------------------------------------------------------ layout helpers
 def check_file(root: Path, rel: str, md5: str | None, verify: bool) -> FileStatus:
@@ -210,6 +231,12 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[An
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = int(round(n * fractions[0])), int(round(n * fractions[1]))
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+
+
+def split_sizes(n: int, fractions: tuple[float, float]) -> dict[str, int]:
+    """Train / val / test sizes of :func:`split_indices` (the same rounding)."""
+    train, val, test = split_indices(n, fractions, 0)
+    return {"train": len(train), "val": len(val), "test": len(test)}
 
 
 # ------------------------------------------------------------------ download
@@ -444,6 +471,12 @@ class DomainBedScenario(RealScenario):
                                                           "images"))
         return statuses
 
+    def pipeline(self, profile: str) -> ClassificationPipeline:
+        """MoLA's reference input pipeline; at 32² in the smoke profile."""
+        from bench.transforms import DOMAINBED_CLIP
+
+        return DOMAINBED_CLIP if profile == "paper" else replace(DOMAINBED_CLIP, size=32)
+
     def setup(self, profile: str) -> Any:
         from bench.scenario import TrainingSetup
 
@@ -461,11 +494,9 @@ class DomainBedScenario(RealScenario):
         import torch
 
         from bench.scenario import ScenarioData, Split, TaskSpec
-        from bench.transforms import DOMAINBED_CLIP
-
         self.check_data(profile, data_root)
         cap = self.profile_caps[profile]
-        pipeline = DOMAINBED_CLIP if profile == "paper" else replace(DOMAINBED_CLIP, size=32)
+        pipeline = self.pipeline(profile)
         size = pipeline.size
         parts: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in ("train", "val", "test")}
@@ -493,3 +524,26 @@ class DomainBedScenario(RealScenario):
             backbone=self.backbone_of(profile),
             backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=True, description=self.description)
+
+    #: images per domain (task name -> count) as published, for the nominal shape without data
+    published_sizes: dict[str, int] = {}
+    #: val and test shares of each domain (as :meth:`load` splits)
+    holdout: tuple[float, float] = (0.1, 0.1)
+
+    def nominal_shape(self, profile: str) -> ScenarioShape | None:
+        """Published images per domain (smoke: the per-class cap times the classes), split as
+        :meth:`load` splits them; None without published sizes."""
+        self.check_profile(profile)
+        if not self.published_sizes:
+            return None
+        size, cap = self.pipeline(profile).size, self.profile_caps[profile]
+        sizes: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+        for task, _, _ in self.domains:
+            count = self.published_sizes[task]
+            if cap is not None:
+                count = min(count, cap * self.num_classes)
+            for split, n in split_sizes(count, self.holdout).items():
+                sizes[split][task] = n
+        tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
+                               label=label) for task, label, _ in self.domains)
+        return self._nominal(profile, tasks, (3, size, size), sizes, shared_label_space=True)

@@ -288,6 +288,35 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
     return metrics, losses
 
 
+def fused_forward(spec: MethodSpec, multi_input: bool, setup: TrainingSetup) -> bool:
+    """Whether a training batch of all tasks goes through the model in one forward pass."""
+    return (multi_input and setup.forward == "fused"
+            and spec.arch_spec.supports_fused_multi_input)
+
+
+def epoch_steps(train_sizes: list[int], batch_size: int, multi_input: bool,
+                sampling: str = "per_task") -> int:
+    """Steps of one epoch: multi-input, the most of any task (``ceil(n_t / batch)``, batches of
+    every task in each step), or with pooled sampling ``sum(n_t) // batch`` (one pass over all
+    tasks' samples, the incomplete last batch dropped); single-input, ``ceil(n / batch)``."""
+    if multi_input and sampling == "pooled":
+        return max(1, sum(train_sizes) // batch_size)
+    if multi_input:
+        return max(math.ceil(n / batch_size) for n in train_sizes)
+    return math.ceil(train_sizes[0] / batch_size)
+
+
+def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any]
+                  ) -> None:
+    """Backpropagate one step: the model's auxiliary loss if it has one (MoLA-Router's TwD),
+    then the task losses through the method's weighting (T backward passes for weightings that
+    need per-task gradients)."""
+    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+    if aux is not None:
+        aux.backward(retain_graph=True)
+    model.backward(losses, **weighting_kwargs)
+
+
 @dataclass
 class RunResult:
     val_metrics: dict[str, dict[str, float]]
@@ -316,22 +345,19 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     optimizer = make_optimizer(trained, setup)
     scheduler = make_scheduler(optimizer, setup)
     weighting_kwargs = spec.resolved_weighting_kwargs()
-    fused = (data.multi_input and setup.forward == "fused"
-             and spec.arch_spec.supports_fused_multi_input)
+    fused = fused_forward(spec, data.multi_input, setup)
     forward_mode = "fused" if fused else ("per_task" if data.multi_input else "single_input")
     gen = torch.Generator().manual_seed(seed)
     names = data.task_names
     pooled = data.multi_input and setup.sampling == "pooled"
     if pooled:
-        sizes = [data.train.size(t) for t in names]
-        pool = PooledSampler(sizes, gen)
-        steps_per_epoch = max(1, sum(sizes) // setup.batch_size)
+        pool = PooledSampler([data.train.size(t) for t in names], gen)
     elif data.multi_input:
         samplers = {t: TaskSampler(data.train.size(t), gen) for t in names}
-        steps_per_epoch = max(math.ceil(data.train.size(t) / setup.batch_size) for t in names)
     else:
         shared = TaskSampler(data.train.size(names[0]), gen)
-        steps_per_epoch = math.ceil(data.train.size(names[0]) / setup.batch_size)
+    steps_per_epoch = epoch_steps([data.train.size(t) for t in names], setup.batch_size,
+                                  data.multi_input, setup.sampling)
     best_loss, best_epoch, best_state = math.inf, -1, None
     reference: list[float] | None = None
     best_val: dict[str, dict[str, float]] = {}
@@ -361,10 +387,7 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
-            aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
-            if aux is not None:
-                aux.backward(retain_graph=True)
-            model.backward(losses, **weighting_kwargs)
+            backward_step(model, losses, weighting_kwargs)
             if setup.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, setup.grad_clip)
             optimizer.step()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbones import backbones, build_backbone
+from bench.backbones import WEIGHT_KWARGS, backbones, build_backbone
 from bench.compat import ArchitectureSpec, WeightingSpec
 from bench.heads import ClassificationHead, DenseHead
 from bench.registry import UnknownNameError, architectures, methods, weightings
@@ -246,8 +246,7 @@ def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str
     encoder_class = partial(build_backbone, backbone, in_channels=data.input_shape[0],
                             input_shape=data.input_shape, **backbone_kwargs)
     # the width does not depend on the weights: the probe loads none
-    probe = encoder_class(**{k: None for k in ("checkpoint", "pretrained")
-                             if k in backbone_kwargs})
+    probe = encoder_class(**{k: None for k in WEIGHT_KWARGS if k in backbone_kwargs})
     out_channels = int(probe.out_channels)
     del probe
 

@@ -149,9 +149,10 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
            overrides: dict[str, Any] | None = None) -> Plan:
     """Cross methods × scenarios × seeds, each run with the ``--set`` ``overrides``. With
     ``--all`` (or a wildcard side), combinations that cannot run are skipped and listed; when
-    both sides are explicit they are errors. With ``require_data=False`` (``--dry-run``) a named
-    scenario whose data are missing, and a run whose backbone weights are unavailable, are
-    planned anyway and listed in ``plan.missing_data`` / ``plan.missing_weights``."""
+    both sides are explicit they are errors. A scenario whose data are missing stops a named
+    request and is skipped by ``--all``; with ``require_data=False`` (``--dry-run``) it is
+    planned anyway and listed in ``plan.missing_data``, and so is a run whose backbone weights
+    are unavailable (``plan.missing_weights``)."""
     method_list = _names(method_names, methods, run_all)
     scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
     explicit = bool(method_names) and bool(scenario_names)
@@ -168,7 +169,7 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
         except DataMissingError as err:
             if scenario_names and require_data:
                 raise
-            if not scenario_names:
+            if require_data:
                 plan.skipped.append(("*", scenario, f"data missing ({err})"))
                 continue
             plan.missing_data.append((scenario, str(err)))

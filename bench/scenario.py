@@ -174,6 +174,43 @@ class ScenarioData:
         return [t.name for t in self.tasks]
 
 
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ScenarioShape:
+    """What a run's cost depends on, without the data: tasks, input shape, encoder, and the
+    number of samples of each split and task (``sizes[split][task]``).
+
+    ``nominal`` shapes come from published dataset sizes because the data are not present."""
+
+    name: str
+    heterogeneity: Heterogeneity
+    tasks: tuple[TaskSpec, ...]
+    input_shape: tuple[int, int, int]
+    backbone: str
+    backbone_kwargs: dict[str, Any]
+    shared_label_space: bool
+    sizes: dict[str, dict[str, int]]
+    nominal: bool = False
+
+    @classmethod
+    def of(cls, data: ScenarioData) -> ScenarioShape:
+        """The shape of loaded data."""
+        sizes = {split: {t: getattr(data, split).size(t) for t in data.task_names}
+                 for split in SPLITS}
+        return cls(data.name, data.heterogeneity, data.tasks, tuple(data.input_shape),
+                   data.backbone, dict(data.backbone_kwargs), data.shared_label_space, sizes)
+
+    @property
+    def multi_input(self) -> bool:
+        return self.heterogeneity != "single_input"
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
 class Scenario:
     """Base class of scenario plugins."""
 
@@ -219,3 +256,8 @@ class Scenario:
                 f"scenario {self.name!r} has no profile {profile!r}; "
                 f"choose one of {', '.join(self.profiles)}"
             )
+
+    def shape(self, profile: str, data_root: Path | None = None) -> ScenarioShape | None:
+        """Tasks, input shape, encoder and split sizes of ``profile`` (for cost estimates); None
+        when unknown. This default loads the data (cheap for the embedded scenarios)."""
+        return ScenarioShape.of(self.load(profile, data_root))

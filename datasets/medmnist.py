@@ -43,7 +43,7 @@ import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
-from bench.scenario import DataMissingError
+from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import LazySamples
 from bench.transforms import medmnist_batch
 
@@ -115,6 +115,12 @@ def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None, size: 
         return out
 
 
+def input_size(profile: str) -> int:
+    """The side of a profile's inputs: :data:`PAPER_SIZE` in the paper profile, else the
+    release's 28."""
+    return PAPER_SIZE if profile == "paper" else 28
+
+
 def _check_keys(path: Path, status: FileStatus) -> FileStatus:
     needed = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
     try:
@@ -175,7 +181,7 @@ class MedMNIST(RealScenario):
         root = self.root(data_root)
         verify = verify_checksums()
         limits = SMOKE_COUNTS if profile == "smoke" else None
-        size = PAPER_SIZE if profile == "paper" else 28
+        size = input_size(profile)
         splits: dict[str, dict[str, dict[str, Any]]] = {
             s: {"inputs": {}, "targets": {}} for s in SPLITS}
         for f in self.files():
@@ -202,6 +208,20 @@ class MedMNIST(RealScenario):
             backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=False, description=self.description,
         )
+
+    def nominal_shape(self, profile: str) -> ScenarioShape:
+        """Split sizes from ``medmnist.INFO[flag]['n_samples']`` (smoke: capped at
+        ``SMOKE_COUNTS``), at the profile's input size (3 channels, as :meth:`load`)."""
+        self.check_profile(profile)
+        sizes: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+        for flag in self.subsets:
+            for split in SPLITS:
+                count = info()[flag]["n_samples"][split]
+                sizes[split][flag] = (min(count, SMOKE_COUNTS[split]) if profile == "smoke"
+                                      else count)
+        tasks = tuple(task_spec(flag, self.labels.get(flag, "")) for flag in self.subsets)
+        size = input_size(profile)
+        return self._nominal(profile, tasks, (3, size, size), sizes)
 
 
 @register_scenario("medmnist_mola")

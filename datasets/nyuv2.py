@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, split_indices
+from bench.data import FileStatus, RealScenario, split_indices, split_sizes
 from bench.metrics import IGNORE_INDEX
-from bench.scenario import DataMissingError
+from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import Key, LazySamples
 from bench.transforms import nyuv2_sample
 
@@ -194,3 +194,19 @@ class NYUv2(RealScenario):
             backbone=self.backbone_of(profile),
             backbone_kwargs=self.backbone_kwargs_of(profile),
             description=self.description)
+
+    #: MTAN's release: training and validation (= test) scenes, for estimates before a download
+    published_sizes = {"train": 795, "val": 654}
+
+    def nominal_shape(self, profile: str) -> ScenarioShape:
+        """Published scene counts (capped as ``PROFILE_DATA``), 10 % of the training scenes
+        held out for validation as :meth:`load` does."""
+        self.check_profile(profile)
+        h, w, n_train, n_val = PROFILE_DATA[profile]
+        train, test = self.published_sizes["train"], self.published_sizes["val"]
+        train, test = min(train, n_train or train), min(test, n_val or test)  # caps: None = all
+        hold = max(1, int(round(0.1 * train)))
+        counts = split_sizes(train, (hold / train, 0.0))
+        counts["test"] = test
+        sizes = {split: {t.name: n for t in TASKS} for split, n in counts.items()}
+        return self._nominal(profile, TASKS, (3, h, w), sizes)

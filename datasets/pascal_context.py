@@ -45,9 +45,9 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, split_indices
+from bench.data import FileStatus, RealScenario, split_indices, split_sizes
 from bench.metrics import IGNORE_INDEX
-from bench.scenario import DataMissingError
+from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import Key, LazySamples
 from bench.transforms import pascal_sample
 
@@ -254,3 +254,19 @@ class PascalContext(RealScenario):
             input_shape=(3, size, size), train=train, val=val, test=test,
             training=self.setup(profile), backbone=self.backbone_of(profile),
             backbone_kwargs=self.backbone_kwargs_of(profile), description=self.description)
+
+    #: the PASCAL_MT release: train and val (= test) images, for estimates before a download
+    published_sizes = {"train": 4998, "val": 5105}
+
+    def nominal_shape(self, profile: str) -> ScenarioShape:
+        """Published image counts (capped as ``PROFILE_DATA``), 5 % of the training images
+        held out for validation as :meth:`load` does."""
+        self.check_profile(profile)
+        size, n_train, n_val = PROFILE_DATA[profile]
+        train, test = self.published_sizes["train"], self.published_sizes["val"]
+        train, test = min(train, n_train or train), min(test, n_val or test)  # caps: None = all
+        hold = max(1, int(round(0.05 * train)))
+        counts = split_sizes(train, (hold / train, 0.0))
+        counts["test"] = test
+        sizes = {split: {t.name: n for t in TASKS} for split, n in counts.items()}
+        return self._nominal(profile, TASKS, (3, size, size), sizes)

@@ -394,10 +394,17 @@ def test_malformed_npz_is_refused_before_training(tmp_path: Path, capsys) -> Non
 
 
 def test_run_all_skips_real_datasets_without_data(tmp_path: Path, capsys) -> None:
-    assert main(["run", "--all", "--profile", "smoke", "--seeds", "0", "--dry-run",
-                 "--results-dir", str(tmp_path / "results")]) == 0
-    err = capsys.readouterr().err
-    assert "skipped * on vlcs: data missing" in err
+    from bench.plan import expand
+
+    plan = expand(None, None, [0], "smoke", run_all=True)
+    assert any(s == "vlcs" and reason.startswith("data missing") for _, s, reason in plan.skipped)
+    assert not {r.scenario for r in plan.runs} & set(REAL)
+    # a dry run plans them anyway, to show what they would cost
+    assert main(["run", "--method", "hps", "--profile", "smoke", "--seeds", "0", "--dry-run",
+                 "--jobs", "1", "--results-dir", str(tmp_path / "results")]) == 0
+    captured = capsys.readouterr()
+    assert "data missing for vlcs" in captured.err
+    assert "todo  smoke    vlcs" in captured.out
 
 
 def test_data_check_lists_what_is_missing_and_checksums(tmp_path: Path, capsys) -> None:
