@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+from tqdm import tqdm
 
 from bench.backbones import WEIGHT_KWARGS
 from bench.engine import (
@@ -435,6 +437,9 @@ def plan_flops(runs: list[RunSpec], jobs: int = 1) -> dict[RunSpec, RunCost | No
                canonical_json(run.config["training"]))
         groups.setdefault(key, []).append(run)
     firsts = [members[0] for members in groups.values()]
+    bar = tqdm(total=len(firsts), desc="counting FLOPs", unit="method×scenario",
+               disable=None, file=sys.stderr, leave=False, dynamic_ncols=True)
+    costs: list[RunCost | None] = []
     if jobs > 1 and len(firsts) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -446,9 +451,14 @@ def plan_flops(runs: list[RunSpec], jobs: int = 1) -> dict[RunSpec, RunCost | No
         with ProcessPoolExecutor(min(jobs, len(firsts)), mp_context=context,
                                  initializer=torch.set_num_threads,
                                  initargs=(threads,)) as pool:
-            costs = list(pool.map(run_flops, firsts))
+            for counted in pool.map(run_flops, firsts):
+                costs.append(counted)
+                bar.update()
     else:
-        costs = [run_flops(run) for run in firsts]
+        for run in firsts:
+            costs.append(run_flops(run))
+            bar.update()
+    bar.close()
     return {run: cost for members, cost in zip(groups.values(), costs) for run in members}
 
 
