@@ -116,9 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for scenario, problem in the_plan.missing_data:
         print(f"  data missing for {scenario}: its runs cannot start yet ({problem})",
               file=sys.stderr)
+    by_problem: dict[str, list[str]] = {}
     for method, scenario, problem in the_plan.missing_weights:
-        print(f"  weights missing for {method} on {scenario}: its runs cannot start yet "
-              f"({problem})", file=sys.stderr)
+        by_problem.setdefault(problem, []).append(f"{method} on {scenario}")
+    for problem, pairs in by_problem.items():
+        shown = ", ".join(pairs[:4]) + (f" and {len(pairs) - 4} more" if len(pairs) > 4 else "")
+        print(f"  weights missing for {shown}: their runs cannot start yet ({problem})",
+              file=sys.stderr)
     if args.dry_run:
         notes = _print_estimate(todo, results_dir, args) if todo else {}
         for run in the_plan.runs:
