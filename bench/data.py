@@ -158,6 +158,16 @@ class RealScenario(Scenario):
         before a download; None when they are unknown."""
         return None
 
+    def _nominal_train_test(self, profile: str, tasks: tuple[TaskSpec, ...],
+                            input_shape: tuple[int, int, int], train: int, test: int,
+                            share: float) -> ScenarioShape:
+        """The nominal shape of a single-input release with ``train`` and ``test`` samples, a
+        ``share`` of train held out for model selection (:func:`held_out_split`)."""
+        _, val = held_out_split(train, share, 0)
+        counts = {"train": train - len(val), "val": len(val), "test": test}
+        sizes = {split: {t.name: n for t in tasks} for split, n in counts.items()}
+        return self._nominal(profile, tasks, input_shape, sizes)
+
     def _nominal(self, profile: str, tasks: tuple[TaskSpec, ...],
                  input_shape: tuple[int, int, int], sizes: dict[str, dict[str, int]],
                  shared_label_space: bool = False) -> ScenarioShape:
@@ -231,6 +241,14 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[An
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = int(round(n * fractions[0])), int(round(n * fractions[1]))
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+
+
+def held_out_split(n: int, share: float, seed: int) -> tuple[Any, Any]:
+    """A seeded split of a release's ``n`` training samples into train and a held-out ``share``
+    (at least one sample) for model selection, for releases with a train and a test folder."""
+    hold = max(1, int(round(share * n)))
+    train, val, _ = split_indices(n, (hold / n, 0.0), seed)
+    return train, val
 
 
 def split_sizes(n: int, fractions: tuple[float, float]) -> dict[str, int]:

@@ -142,8 +142,25 @@ class Split:
         return int(x.shape[0])
 
 
+class TaskSet:
+    """What :class:`ScenarioData` and :class:`ScenarioShape` derive from their ``tasks`` and
+    ``heterogeneity``."""
+
+    tasks: tuple[TaskSpec, ...]
+    heterogeneity: Heterogeneity
+
+    @property
+    def multi_input(self) -> bool:
+        """Each task has its own inputs (domain and multi-input task heterogeneity)."""
+        return self.heterogeneity != "single_input"
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
 @dataclass
-class ScenarioData:
+class ScenarioData(TaskSet):
     name: str
     heterogeneity: Heterogeneity
     tasks: tuple[TaskSpec, ...]
@@ -165,20 +182,13 @@ class ScenarioData:
 
         return reports_average([t.describe() for t in self.tasks])
 
-    @property
-    def multi_input(self) -> bool:
-        return self.heterogeneity != "single_input"
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
 
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class ScenarioShape:
+class ScenarioShape(TaskSet):
     """What a run's cost depends on, without the data: tasks, input shape, encoder, and the
     number of samples of each split and task (``sizes[split][task]``).
 
@@ -202,13 +212,6 @@ class ScenarioShape:
         return cls(data.name, data.heterogeneity, data.tasks, tuple(data.input_shape),
                    data.backbone, dict(data.backbone_kwargs), data.shared_label_space, sizes)
 
-    @property
-    def multi_input(self) -> bool:
-        return self.heterogeneity != "single_input"
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
 
 
 class Scenario:

@@ -32,13 +32,15 @@ import numpy as np
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, split_indices, split_sizes
+from bench.data import FileStatus, RealScenario, held_out_split
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import Key, LazySamples
 from bench.transforms import nyuv2_sample
 
 FOLDERS = ("image", "label", "depth", "normal")
+#: the share of the training folder held out for model selection
+HELD_OUT = 0.1
 DATA_SEED = 795
 #: profile -> (height, width, max train scenes, max val scenes)
 PROFILE_DATA = {"smoke": (72, 96, 8, 4), "paper": (288, 384, None, None)}
@@ -181,8 +183,7 @@ class NYUv2(RealScenario):
         test_ids = _sample_ids(root / "val" / "image")[:n_val]
         if len(train_ids) < 2:
             raise DataMissingError(f"nyuv2: {root / 'train'} needs at least 2 samples")
-        n_hold = max(1, int(round(0.1 * len(train_ids))))
-        tr, va, _ = split_indices(len(train_ids), (n_hold / len(train_ids), 0.0), DATA_SEED)
+        tr, va = held_out_split(len(train_ids), HELD_OUT, DATA_SEED)
         train = Split(*self._samples(root, "train", [train_ids[i] for i in tr.tolist()], (h, w),
                                      "train"))
         val = Split(*self._samples(root, "train", [train_ids[i] for i in va.tolist()], (h, w),
@@ -205,8 +206,4 @@ class NYUv2(RealScenario):
         h, w, n_train, n_val = PROFILE_DATA[profile]
         train, test = self.published_sizes["train"], self.published_sizes["val"]
         train, test = min(train, n_train or train), min(test, n_val or test)  # caps: None = all
-        hold = max(1, int(round(0.1 * train)))
-        counts = split_sizes(train, (hold / train, 0.0))
-        counts["test"] = test
-        sizes = {split: {t.name: n for t in TASKS} for split, n in counts.items()}
-        return self._nominal(profile, TASKS, (3, h, w), sizes)
+        return self._nominal_train_test(profile, TASKS, (3, h, w), train, test, HELD_OUT)

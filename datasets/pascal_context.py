@@ -45,12 +45,14 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, split_indices, split_sizes
+from bench.data import FileStatus, RealScenario, held_out_split
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import Key, LazySamples
 from bench.transforms import pascal_sample
 
+#: the share of the training folder held out for model selection
+HELD_OUT = 0.05
 DATA_SEED = 4998
 PERSON_CLASS = 15
 #: PASCAL-Part names -> grouped human-part classes (1 head, 2 torso, 3 upper arms,
@@ -244,8 +246,7 @@ class PascalContext(RealScenario):
         size, n_train, n_val = PROFILE_DATA[profile]
         train_ids = self.ids("train", data_root)[:n_train]
         test_ids = self.ids("val", data_root)[:n_val]
-        n_hold = max(1, int(round(0.05 * len(train_ids))))
-        tr, va, _ = split_indices(len(train_ids), (n_hold / len(train_ids), 0.0), DATA_SEED)
+        tr, va = held_out_split(len(train_ids), HELD_OUT, DATA_SEED)
         train = Split(*self._samples(root, [train_ids[i] for i in tr.tolist()], size, "train"))
         val = Split(*self._samples(root, [train_ids[i] for i in va.tolist()], size, "val"))
         test = Split(*self._samples(root, test_ids, size, "test"))
@@ -265,8 +266,4 @@ class PascalContext(RealScenario):
         size, n_train, n_val = PROFILE_DATA[profile]
         train, test = self.published_sizes["train"], self.published_sizes["val"]
         train, test = min(train, n_train or train), min(test, n_val or test)  # caps: None = all
-        hold = max(1, int(round(0.05 * train)))
-        counts = split_sizes(train, (hold / train, 0.0))
-        counts["test"] = test
-        sizes = {split: {t.name: n for t in TASKS} for split, n in counts.items()}
-        return self._nominal(profile, TASKS, (3, size, size), sizes)
+        return self._nominal_train_test(profile, TASKS, (3, size, size), train, test, HELD_OUT)
