@@ -212,8 +212,6 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     return backbones.get(name)(**kwargs)
 
 
-
-
 def weights_problem(name: str, kwargs: dict[str, Any]) -> str | None:
     """Why backbone ``name`` built with ``kwargs`` cannot obtain its weights, or None: a
     ``checkpoint`` file that does not exist; ``pretrained`` weights neither in the Hugging Face

@@ -489,6 +489,11 @@ class DomainBedScenario(RealScenario):
                                                           "images"))
         return statuses
 
+    def domain_tasks(self) -> tuple[TaskSpec, ...]:
+        """One classification task per domain, all over the shared classes."""
+        return tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
+                              label=label) for task, label, _ in self.domains)
+
     def pipeline(self, profile: str) -> ClassificationPipeline:
         """MoLA's reference input pipeline; at 32² in the smoke profile."""
         from bench.transforms import DOMAINBED_CLIP
@@ -511,7 +516,8 @@ class DomainBedScenario(RealScenario):
     def load(self, profile: str, data_root: Path | None = None) -> Any:
         import torch
 
-        from bench.scenario import ScenarioData, Split, TaskSpec
+        from bench.scenario import ScenarioData, Split
+
         self.check_data(profile, data_root)
         cap = self.profile_caps[profile]
         pipeline = self.pipeline(profile)
@@ -524,7 +530,7 @@ class DomainBedScenario(RealScenario):
             items: list[tuple[Path, int]] = []
             for c_idx, cls in enumerate(self.classes(folder)):
                 items += [(p, c_idx) for p in list_images(folder / cls)[:cap]]
-            tr, va, te = split_indices(len(items), (0.1, 0.1), self.data_seed + d_idx)
+            tr, va, te = split_indices(len(items), self.holdout, self.data_seed + d_idx)
             for split, idx in (("train", tr), ("val", va), ("test", te)):
                 chosen = [items[i] for i in idx.tolist()]
                 if not chosen:
@@ -533,10 +539,9 @@ class DomainBedScenario(RealScenario):
                 parts[split]["inputs"][task] = image_files([p for p, _ in chosen], pipeline,
                                                            f"{self.name}/{task}/{split}")
                 parts[split]["targets"][task] = torch.tensor([c for _, c in chosen])
-        tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
-                               label=label) for task, label, _ in self.domains)
         return ScenarioData(
-            name=self.name, heterogeneity="domain", tasks=tasks, input_shape=(3, size, size),
+            name=self.name, heterogeneity="domain", tasks=self.domain_tasks(),
+            input_shape=(3, size, size),
             train=Split(**parts["train"]), val=Split(**parts["val"]),
             test=Split(**parts["test"]), training=self.setup(profile),
             backbone=self.backbone_of(profile),
@@ -545,7 +550,7 @@ class DomainBedScenario(RealScenario):
 
     #: images per domain (task name -> count) as published, for the nominal shape without data
     published_sizes: dict[str, int] = {}
-    #: val and test shares of each domain (as :meth:`load` splits)
+    #: val and test shares of each domain (:meth:`load` and :meth:`nominal_shape`)
     holdout: tuple[float, float] = (0.1, 0.1)
 
     def nominal_shape(self, profile: str) -> ScenarioShape | None:
@@ -562,6 +567,5 @@ class DomainBedScenario(RealScenario):
                 count = min(count, cap * self.num_classes)
             for split, n in split_sizes(count, self.holdout).items():
                 sizes[split][task] = n
-        tasks = tuple(TaskSpec(task, "classification", self.num_classes, ("accuracy",),
-                               label=label) for task, label, _ in self.domains)
-        return self._nominal(profile, tasks, (3, size, size), sizes, shared_label_space=True)
+        return self._nominal(profile, self.domain_tasks(), (3, size, size), sizes,
+                             shared_label_space=True)

@@ -183,7 +183,6 @@ class ScenarioData(TaskSet):
         return reports_average([t.describe() for t in self.tasks])
 
 
-
 SPLITS = ("train", "val", "test")
 
 
@@ -211,7 +210,6 @@ class ScenarioShape(TaskSet):
                  for split in SPLITS}
         return cls(data.name, data.heterogeneity, data.tasks, tuple(data.input_shape),
                    data.backbone, dict(data.backbone_kwargs), data.shared_label_space, sizes)
-
 
 
 class Scenario:

@@ -97,10 +97,10 @@ def read_field(folder: Path, sample: str, field: str, size: tuple[int, int],
         raw = torch.from_numpy(arr.astype(np.int64))
         raw[(raw < 0) | (raw >= 13)] = IGNORE_INDEX
     else:
-        expected = {"image": 3, "depth": 1, "normal": 3}[field]
+        (channels,) = SHAPES[FIELD_FOLDERS[field]]
         arr = arr.reshape(*arr.shape[:2], -1) if field == "depth" else arr
-        if arr.ndim != 3 or arr.shape[-1] != expected:
-            raise ValueError(f"{field} has shape {arr.shape}, expected (H, W, {expected}) as in "
+        if arr.ndim != 3 or arr.shape[-1] != channels:
+            raise ValueError(f"{field} has shape {arr.shape}, expected (H, W, {channels}) as in "
                              "MTAN's preprocessed release")
         raw = torch.from_numpy(np.moveaxis(arr, -1, 0).astype(np.float32))
     return nyuv2_sample(raw, FIELD_KINDS[field], key, size)
