@@ -233,6 +233,34 @@ def image_files(paths: list[Path], pipeline: ClassificationPipeline, name: str) 
     return LazySamples.per_sample(read, len(paths), (3, pipeline.size, pipeline.size), name)
 
 
+def field_samples(read: Callable[[int, str, Key | None], Any], n: int,
+                  shapes: dict[str, tuple[int, ...]], scenario: str, split: str,
+                  sample_name: Callable[[int], str], layout: str,
+                  errors: tuple[type[Exception], ...] = (OSError, ValueError)
+                  ) -> tuple[LazySamples, dict[str, LazySamples]]:
+    """The ``n`` samples of a dense dataset whose image and label maps are separate files, one
+    :class:`~bench.streaming.LazySamples` per field of ``shapes``: ``read(i, field, key)`` reads
+    one field of sample ``i``; a read that raises one of ``errors`` becomes a one-line
+    :class:`DataMissingError` naming the field and ``sample_name(i)``. Returns the ``image``
+    field and the others (the targets)."""
+    from bench.streaming import LazySamples
+
+    def reader(field: str) -> Callable[[int, Key | None], Any]:
+        def read_one(i: int, key: Key | None) -> Any:
+            try:
+                return read(i, field, key)
+            except errors as err:
+                raise DataMissingError(f"{scenario}: cannot read {field} of sample "
+                                       f"{sample_name(i)} ({err}); expected layout {layout}"
+                                       ) from None
+        return read_one
+
+    lazy = {field: LazySamples.per_sample(reader(field), n, shape,
+                                          f"{scenario}/{split}/{field}")
+            for field, shape in shapes.items()}
+    return lazy.pop("image"), lazy
+
+
 def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Any, Any, Any]:
     """A seeded permutation of ``range(n)`` cut into train / val / test
     (``fractions`` = val and test shares)."""

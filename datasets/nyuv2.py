@@ -25,14 +25,13 @@ each sample's four ``.npy`` files read per batch (:mod:`bench.streaming`). ``smo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, held_out_split
+from bench.data import FileStatus, RealScenario, field_samples, held_out_split
 from bench.metrics import IGNORE_INDEX
 from bench.scenario import DataMissingError, ScenarioShape
 from bench.streaming import Key, LazySamples
@@ -160,20 +159,9 @@ class NYUv2(RealScenario):
         h, w = size
         shapes = {"image": (3, h, w), "segmentation": (h, w), "depth": (1, h, w),
                   "normal": (3, h, w)}
-
-        def reader(field: str) -> Callable[[int], torch.Tensor]:
-            def read(i: int, key: Key | None) -> torch.Tensor:
-                try:
-                    return read_field(root / split, ids[i], field, size, key)
-                except (OSError, ValueError) as err:
-                    raise DataMissingError(f"nyuv2: cannot read {field} of sample {split}/"
-                                           f"{ids[i]} ({err}); expected layout {self.layout}"
-                                           ) from None
-            return read
-
-        lazy = {f: LazySamples.per_sample(reader(f), len(ids), shape, f"nyuv2/{name}/{f}")
-                for f, shape in shapes.items()}
-        return lazy.pop("image"), lazy
+        return field_samples(
+            lambda i, field, key: read_field(root / split, ids[i], field, size, key), len(ids),
+            shapes, self.name, name, lambda i: f"{split}/{ids[i]}", self.layout)
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)

@@ -36,7 +36,6 @@ the first 6 train / 3 val ids at 32×32, a narrow ResNet, 1 epoch (loader and la
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,9 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, held_out_split
+from bench.data import FileStatus, RealScenario, field_samples, held_out_split
 from bench.metrics import IGNORE_INDEX
-from bench.scenario import DataMissingError, ScenarioShape
+from bench.scenario import ScenarioShape
 from bench.streaming import Key, LazySamples
 from bench.transforms import pascal_sample
 
@@ -224,21 +223,10 @@ class PascalContext(RealScenario):
         shapes = {"image": (3, size, size), "semseg": (size, size),
                   "human_parts": (size, size), "saliency": (size, size),
                   "normals": (3, size, size)}
-
-        def reader(field: str) -> Callable[[int], torch.Tensor]:
-            def read(i: int, key: Key | None) -> torch.Tensor:
-                try:
-                    return read_field(root, ids[i], field, size, key)
-                except (OSError, ValueError, KeyError, IndexError) as err:
-                    raise DataMissingError(
-                        f"pascal_context: cannot read {field} of sample {ids[i]} ({err}); "
-                        f"expected layout {self.layout}") from None
-            return read
-
-        lazy = {f: LazySamples.per_sample(reader(f), len(ids), shape,
-                                          f"pascal_context/{split}/{f}")
-                for f, shape in shapes.items()}
-        return lazy.pop("image"), lazy
+        return field_samples(
+            lambda i, field, key: read_field(root, ids[i], field, size, key), len(ids), shapes,
+            self.name, split, lambda i: ids[i], self.layout,
+            errors=(OSError, ValueError, KeyError, IndexError))
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
         self.check_data(profile, data_root)
