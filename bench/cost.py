@@ -30,7 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
 
@@ -45,7 +45,6 @@ from torch.utils.flop_counter import (
 )
 from tqdm import tqdm
 
-from bench.backbones import WEIGHT_KWARGS
 from bench.engine import (
     backward_step,
     compute_losses,
@@ -254,8 +253,7 @@ def synthetic_data(shape: ScenarioShape, samples: int, seed: int = 0) -> Scenari
         name=shape.name, heterogeneity=shape.heterogeneity, tasks=shape.tasks,
         input_shape=shape.input_shape, train=split, val=split, test=split,
         training=TrainingSetup(epochs=1, batch_size=samples), backbone=shape.backbone,
-        backbone_kwargs={k: v for k, v in shape.backbone_kwargs.items()
-                         if k not in WEIGHT_KWARGS},
+        backbone_kwargs=dict(shape.backbone_kwargs),
         shared_label_space=shape.shared_label_space)
 
 
@@ -299,13 +297,11 @@ def method_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup,
             if "more than 1 value per channel" not in str(err):
                 raise
             return method_flops(spec, shape, setup, FALLBACK_SAMPLES, shape_only)
-    # weights do not change FLOPs: never fetch or read them to count
-    spec = replace(spec, backbone_kwargs={k: v for k, v in spec.backbone_kwargs.items()
-                                          if k not in WEIGHT_KWARGS})
     with torch.random.fork_rng(devices=[]), (
             ShapeOnlyKernels() if shape_only else contextlib.nullcontext()):
         torch.manual_seed(0)  # shape only: large parameters are not initialised (not needed)
-        model = build_model(spec, synthetic_data(shape, samples), "cpu")
+        # weights do not change FLOPs: never fetch or read them to count
+        model = build_model(spec, synthetic_data(shape, samples), "cpu", load_weights=False)
     fused = fused_forward(spec, shape.multi_input, setup)
     steps, evals = [], []
     for n in (samples, 2 * samples):

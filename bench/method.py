@@ -238,11 +238,15 @@ def make_decoder(task: TaskSpec, in_channels: int, input_shape: tuple[int, int, 
     return DenseHead(in_channels, task.num_outputs, input_shape[1:])
 
 
-def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str = "cpu"
-                ) -> nn.Module:
-    """Instantiate ``architecture x weighting`` as LibMTL's Trainer does (one mixed class)."""
+def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str = "cpu",
+                load_weights: bool = True) -> nn.Module:
+    """Instantiate ``architecture x weighting`` as LibMTL's Trainer does (one mixed class).
+    ``load_weights=False`` ignores the backbone's ``pretrained`` / ``checkpoint`` keywords (the
+    architecture is the same; e.g. to count FLOPs without fetching weights)."""
     arch, weighting = spec.arch_spec, spec.weighting_spec
     backbone, backbone_kwargs = spec.resolve_backbone(data.backbone, data.backbone_kwargs)
+    if not load_weights:
+        backbone_kwargs = {k: v for k, v in backbone_kwargs.items() if k not in WEIGHT_KWARGS}
     encoder_class = partial(build_backbone, backbone, in_channels=data.input_shape[0],
                             input_shape=data.input_shape, **backbone_kwargs)
     # the width does not depend on the weights: the probe loads none
