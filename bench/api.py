@@ -1,15 +1,7 @@
 """Everything a plugin file in ``methods/`` or ``datasets/`` needs, in one import."""
 
-from bench.compat import CompatArchitecture, CompatWeighting
-from bench.data import DomainBedScenario, RealScenario
-from bench.method import (
-    MethodSpec,
-    register_architecture,
-    register_method,
-    register_weighting,
-)
-from bench.registry import scenarios
-from bench.scenario import (
+from bench.data.real import DomainBedScenario, RealScenario
+from bench.data.scenario import (
     DataMissingError,
     Scenario,
     ScenarioData,
@@ -17,6 +9,14 @@ from bench.scenario import (
     TaskSpec,
     TrainingSetup,
 )
+from bench.models.compat import CompatArchitecture, CompatWeighting
+from bench.models.method import (
+    MethodSpec,
+    register_architecture,
+    register_method,
+    register_weighting,
+)
+from bench.registry import scenarios
 
 register_scenario = scenarios.register
 

@@ -56,20 +56,21 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 # ------------------------------------------------------------------ list
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
+    from bench.run.ablations import ablations
 
     reg = {
         "methods": registry.methods,
         "scenarios": registry.scenarios,
         "architectures": registry.architectures,
         "weightings": registry.weightings,
-        "ablations": registry.ablations,
+        "ablations": ablations,
     }[args.what]
     names = reg.list(args.pattern or "*")
     width = max((len(n) for n in names), default=0)
     for name in names:
         extra = ""
         if args.what == "scenarios":
-            from bench.scenario import HETEROGENEITY_LABELS
+            from bench.data.scenario import HETEROGENEITY_LABELS
 
             scen = reg.get(name)
             extra = f"[{HETEROGENEITY_LABELS[scen.heterogeneity]}] "
@@ -89,8 +90,8 @@ def _progress_bar(total: int, initial: int) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench import plan as planning
-    from bench.sweep import execute, pending
+    from bench.run import plan as planning
+    from bench.run.sweep import execute, pending
 
     seeds = _seeds(args.seeds)
     methods = _csv(args.method)
@@ -170,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    """``"local"`` or a :class:`bench.backends.Backend` built (and checked) from the flags."""
+    """``"local"`` or a :class:`bench.run.backends.Backend` built (and checked) from the flags."""
     slurm = {"partition": args.slurm_partition, "time": args.slurm_time,
              "gpus": args.slurm_gpus, "config": args.slurm_config}
     slurm_given = [f"--slurm-{key}" for key, value in slurm.items() if value is not None]
@@ -180,7 +181,7 @@ def _backend(args: argparse.Namespace) -> Any:
         if args.scheduler is not None:
             raise UsageError("--scheduler needs --backend dask or ray")
         return "local"
-    from bench.backends import get_backend
+    from bench.run.backends import get_backend
 
     if args.backend != "slurm":
         return get_backend(args.backend, jobs=args.jobs, scheduler=args.scheduler)
@@ -208,9 +209,9 @@ def _print_estimate(todo: list[Any], results_dir: Path, args: argparse.Namespace
                     ) -> dict[Any, str]:
     """Print the estimated cost of the runs to do on stderr: from earlier records of the same
     runs where there are some, else from their counted FLOPs and this device's measured rate
-    (:mod:`bench.cost`). Returns a note per run for the listing."""
-    from bench.cost import RATE_WORKLOAD, device_rate, plan_flops
-    from bench.engine import default_device
+    (:mod:`bench.run.cost`). Returns a note per run for the listing."""
+    from bench.run.cost import RATE_WORKLOAD, device_rate, plan_flops
+    from bench.run.engine import default_device
 
     recorded = _record_seconds(todo, results_dir)
     counted = plan_flops([run for run in todo if run not in recorded], args.jobs)
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mem_gb, account, qos, setup, cluster, log_dir, any slurm_* of "
                         "submitit); flags override it")
     p.set_defaults(func=cmd_run)
-    from bench.data import add_data_arguments, add_data_parser
+    from bench.data.real import add_data_arguments, add_data_parser
 
     add_data_arguments(p)  # --data-root, --no-verify (real datasets)
 
@@ -393,14 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.method import IncompatibleError
+    from bench.models.method import IncompatibleError
     from bench.registry import UnknownNameError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
-    from bench.data import apply_data_arguments
+    from bench.data.real import apply_data_arguments
 
     apply_data_arguments(args)  # --data-root / --no-verify reach workers through the env
     try:

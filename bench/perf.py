@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -30,9 +32,9 @@ def multi_input_forward_benchmark(repeats: int = 5, scenario: str = "digits_task
                                   ) -> list[dict[str, Any]]:
     """One training step of HPS on a multi-input scenario: one fused forward pass for all
     tasks (ours) vs one forward per task (LibMTL's Trainer)."""
-    from bench.engine import compute_losses, load_scenario, seed_everything
-    from bench.method import build_model, resolve_method
+    from bench.models.method import build_model, resolve_method
     from bench.registry import scenarios
+    from bench.run.engine import compute_losses, load_scenario, seed_everything
 
     if scenario not in scenarios:
         scenario = next(n for n in scenarios.list() if scenarios.get(n).heterogeneity
@@ -80,16 +82,16 @@ def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path
 
 def streaming_benchmark(repeats: int = 5, batch: int = 16, steps: int = 3
                         ) -> list[dict[str, Any]]:
-    """Streamed real-dataset batches (:mod:`bench.streaming`), DomainBed-sized JPEGs (227²)
+    """Streamed real-dataset batches (:mod:`bench.data.streaming`), DomainBed-sized JPEGs (227²)
     read at 224²: decoding a batch with one thread vs the loader's thread pool; and what
     streaming costs a few training steps of a narrow ResNet against images decoded beforehand,
     with the next batch fetched in turn or in the background."""
     import tempfile
 
-    from bench.backbones import build_backbone
-    from bench.data import image_files
-    from bench.streaming import loader_threads, prefetched, use_loader_threads
-    from bench.transforms import DOMAINBED_CLIP
+    from bench.data.real import image_files
+    from bench.data.streaming import loader_threads, prefetched, use_loader_threads
+    from bench.data.transforms import DOMAINBED_CLIP
+    from bench.models.backbones import build_backbone
 
     rows: list[dict[str, Any]] = []
     threads = loader_threads()
@@ -134,17 +136,67 @@ def streaming_benchmark(repeats: int = 5, batch: int = 16, steps: int = 3
     return rows
 
 
+
+def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256, size: int = 4,
+                        tasks: int = 4, threads: int = 2) -> list[dict[str, Any]]:
+    """Forward+backward time of one MoLA conv (3×3, ``channels``→``channels`` on ``size``² maps,
+    batch ``batch``, ``tasks`` adapters of rank 4) per path, as ratios to the plain conv.
+
+    On the project's shared 2-core CPU (noisy), the paper's groups=N path costs about 8-34x a
+    plain conv, the split-by-task path 0.8-2x, the masked sum 2-7x and the soft weighted sum
+    4-7x: hence ``"auto"`` = split for one-hot α and weighted sum for soft α."""
+    from bench.models.mola import MoLAConv2d
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        layer = MoLAConv2d(conv, tasks, rank=4)
+        with torch.no_grad():
+            layer.lora_B.normal_(0, 0.01, generator=gen)
+        x = torch.randn(batch, channels, size, size, generator=gen)
+        task_ids = torch.arange(batch) % tasks
+        grouped_ids = torch.sort(task_ids).values  # the engine's fused batches
+        soft = torch.softmax(torch.randn(batch, tasks, generator=gen), dim=1)
+        one_hot = F.one_hot(task_ids, tasks).float()
+
+        def step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+            def run() -> None:
+                layer.zero_grad(set_to_none=True)
+                xi = x.detach().requires_grad_(True)
+                fn(xi).square().mean().backward()
+            return run
+
+        cases: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
+            ("plain conv", lambda xi: layer._conv(xi, layer.base.weight)),
+            ("one-hot: grouped groups=N (paper)", lambda xi: layer.forward_grouped(xi, one_hot)),
+            ("one-hot: split by task (rows interleaved)",
+             lambda xi: layer.forward_split(xi, task_ids)),
+            ("one-hot: split by task (rows grouped)",
+             lambda xi: layer.forward_split(xi, grouped_ids)),
+            ("one-hot: masked sum", lambda xi: layer.forward_sum(xi, one_hot)),
+            ("soft: grouped groups=N (paper)", lambda xi: layer.forward_grouped(xi, soft)),
+            ("soft: weighted sum", lambda xi: layer.forward_sum(xi, soft)),
+        ]
+        rows: list[dict[str, Any]] = []
+        base_ms = 0.0
+        for name, fn in cases:
+            ms = median_ms(step(fn), repeats)
+            base_ms = base_ms or ms
+            rows.append({"benchmark": f"MoLA conv fwd+bwd, batch {batch}, {channels}->{channels} "
+                                      f"3x3 on {size}x{size}, {tasks} tasks, {threads} threads",
+                         "path": name, "ms": ms, "ratio": ms / base_ms})
+        return rows
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def main(repeats: int = 5) -> int:
     rows: list[dict[str, Any]] = []
     rows += multi_input_forward_benchmark(repeats)
-    try:
-        from bench.mola import mola_conv_benchmark
-    except ImportError:
-        mola_conv_benchmark = None
-    if mola_conv_benchmark is not None:
-        for row in mola_conv_benchmark(repeats):
-            rows.append({"benchmark": "MoLA conv fwd+bwd (batch 128, 256->256, 4x4, 4 tasks)",
-                         **row})
+    for row in mola_conv_benchmark(repeats):
+        rows.append({**row, "benchmark": "MoLA conv fwd+bwd (batch 128, 256->256, 4x4, 4 tasks)"})
     rows += streaming_benchmark(repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     current = None

@@ -148,8 +148,6 @@ def load_plugin_dir(folder: Path) -> None:
 def load_plugins() -> None:
     """Load the plugin folders and the entry points (idempotent, cheap after the first call)."""
     global _ENTRY_POINTS_LOADED
-    import bench.ablations  # noqa: F401  (registers the built-in ablation presets)
-
     for folder in plugin_dirs():
         load_plugin_dir(folder)
     if not _ENTRY_POINTS_LOADED:
@@ -164,4 +162,3 @@ methods: Registry[Any] = Registry("method")
 architectures: Registry[Any] = Registry("architecture")
 weightings: Registry[Any] = Registry("weighting")
 scenarios: Registry[Any] = Registry("scenario")
-ablations: Registry[Any] = Registry("ablation")

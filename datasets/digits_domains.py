@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from bench import digits_data as dd
 from bench.api import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
+from bench.data import digits as dd
 
 DATA_SEED = 1234
 SIZE = 16

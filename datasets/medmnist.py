@@ -18,7 +18,7 @@ package's ``INFO`` dict; ``python -m bench data download medmnist_mola`` fetches
 Each subset is a task with its own inputs and label space (MoLA's multi-input task
 heterogeneity). Inputs are ``(3, S, S)`` floats normalised to [-1, 1] (``(x/255 − 0.5)/0.5``,
 as MoLA's reference and MedMNIST's examples), converted from the uint8 arrays batch by batch
-(:mod:`bench.streaming`, :func:`bench.transforms.medmnist_batch`), flipped horizontally at
+(:mod:`bench.data.streaming`, :func:`bench.data.transforms.medmnist_batch`), flipped horizontally at
 random in training; grey subsets are repeated over 3 channels as a view (no memory cost).
 Multi-class and binary subsets are classification (accuracy, MoLA's metric), RetinaMNIST's
 ordinal grades included; ChestMNIST is ``multilabel`` (MedMNIST's ACC at 0.5, then AUC).
@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
-from bench.scenario import DataMissingError, ScenarioShape
-from bench.streaming import LazySamples
-from bench.transforms import medmnist_batch
+from bench.data.real import DataFile, FileStatus, RealScenario, check_file, md5sum, verify_checksums
+from bench.data.scenario import DataMissingError, ScenarioShape
+from bench.data.streaming import LazySamples
+from bench.data.transforms import medmnist_batch
 
 MOLA_SUBSETS = ("pathmnist", "octmnist", "organcmnist", "bloodmnist", "breastmnist",
                 "dermamnist", "organamnist", "organsmnist", "pneumoniamnist")
@@ -82,7 +82,7 @@ def read_npz(path: Path, flag: str, limits: dict[str, int] | None = None, size: 
              ) -> dict[str, tuple[LazySamples, torch.Tensor]]:
     """One MedMNIST ``.npz`` as ``{split: (images, labels)}``: the images stay uint8 in memory
     and become ``(N, 3, size, size)`` floats in [-1, 1] batch by batch
-    (:func:`bench.transforms.medmnist_batch`: flipped in training)."""
+    (:func:`bench.data.transforms.medmnist_batch`: flipped in training)."""
     meta = info()[flag]
     multilabel = meta["task"].startswith("multi-label")
     try:

@@ -19,8 +19,8 @@ Profiles: ``paper`` — ResNet-18 (its 1/32 feature map upsampled by each task's
 MoLA's reference follows LibMTL's dense setup), Adam lr 1e-4, batch 128 (MoLA App. B: "for all
 experiments"), 200 epochs with the lr halved after 100 (MoLA's reference code and LibMTL's NYUv2
 example; the paper does not state them), ImageNet weights, full resolution,
-each sample's four ``.npy`` files read per batch (:mod:`bench.streaming`). ``smoke`` — the first
-8 training and 4 validation scenes at 72×96, a narrow ResNet, 1 epoch.
+each sample's four ``.npy`` files read per batch (:mod:`bench.data.streaming`). ``smoke`` — the
+first 8 training and 4 validation scenes at 72×96, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, field_samples, held_out_split
-from bench.metrics import IGNORE_INDEX
-from bench.scenario import DataMissingError, ScenarioShape
-from bench.streaming import Key, LazySamples
-from bench.transforms import nyuv2_sample
+from bench.data.metrics import IGNORE_INDEX
+from bench.data.real import FileStatus, RealScenario, field_samples, held_out_split
+from bench.data.scenario import DataMissingError, ScenarioShape
+from bench.data.streaming import Key, LazySamples
+from bench.data.transforms import nyuv2_sample
 
 FOLDERS = ("image", "label", "depth", "normal")
 #: the share of the training folder held out for model selection
@@ -78,14 +78,14 @@ def _check_shape(path: Path, sub: str, rel: str, count: int) -> FileStatus:
 FIELD_FOLDERS = {"image": "image", "segmentation": "label", "depth": "depth", "normal": "normal"}
 
 
-#: field -> how bench.transforms resamples it
+#: field -> how bench.data.transforms resamples it
 FIELD_KINDS = {"image": "image", "segmentation": "label", "depth": "depth", "normal": "normals"}
 
 
 def read_field(folder: Path, sample: str, field: str, size: tuple[int, int],
                key: Key | None = None) -> torch.Tensor:
     """One sample's ``field`` from ``folder/<field folder>/<sample>.npy`` at ``size``, through
-    LibMTL's NYUv2 augmentation when ``key`` is given (:func:`bench.transforms.nyuv2_sample`:
+    LibMTL's NYUv2 augmentation when ``key`` is given (:func:`bench.data.transforms.nyuv2_sample`:
     random scale-crop, flip): the image ``(3, H, W)``, ``segmentation`` ``(H, W)`` long with
     classes outside 0-12 → -1 (ignored), ``depth`` ``(1, H, W)`` and ``normal`` ``(3, H, W)``
     (0 = missing)."""

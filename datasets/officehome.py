@@ -7,20 +7,20 @@ Clipart (C), Product (P), Real World (R). Layout as DomainBed's download script 
 ``OfficeHomeDataset_10072016`` folder renamed; https://www.hemanthdv.org/officeHomeDataset.html).
 
 Tasks: one per domain, in MoLA (ICML 2024) Table 3's column order P, A, C, R; one shared label
-space. Splits, image handling: :class:`bench.data.DomainBedScenario` (seeded 80/10/10 % per
+space. Splits, image handling: :class:`bench.data.real.DomainBedScenario` (seeded 80/10/10 % per
 domain, data seed 2017).
 
 Profiles: ``paper`` — MoLA App. B: ResNet-18, batches of 128 drawn from all domains pooled, AdamW lr
 1e-4; from MoLA's reference code (the paper does not state them): ImageNet weights, weight decay
 1e-4, cosine schedule, 60 epochs, its augmentation at 224²
-(:data:`bench.transforms.DOMAINBED_CLIP`). ``smoke`` — 32×32, at most 6 images per class and domain,
-a narrow ResNet, 1 epoch.
+(:data:`bench.data.transforms.DOMAINBED_CLIP`). ``smoke`` — 32×32, at most 6 images per class and
+domain, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
 
 from bench.api import register_scenario
-from bench.data import DomainBedScenario
+from bench.data.real import DomainBedScenario
 
 
 @register_scenario("officehome")

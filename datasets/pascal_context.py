@@ -30,7 +30,7 @@ Profiles: ``paper`` — MTLoRA's Swin-T schedule (reference code and configs): b
 (wd 0.05), lr 5e-4 × 128/512 after 20 warm-up epochs, cosine to 5e-6 × 128/512 over 300
 epochs, gradients clipped at norm 5; training augmentation (flip, rotation ±20°, scale
 0.75-1.25), images at 448×448; samples are read from disk batch by batch
-(:mod:`bench.streaming`: 448² float tensors of the whole split would take ~70 GB). ``smoke`` —
+(:mod:`bench.data.streaming`: 448² float tensors of the whole split would take ~70 GB). ``smoke`` —
 the first 6 train / 3 val ids at 32×32, a narrow ResNet, 1 epoch (loader and layout checks).
 """
 
@@ -44,11 +44,11 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import FileStatus, RealScenario, field_samples, held_out_split
-from bench.metrics import IGNORE_INDEX
-from bench.scenario import ScenarioShape
-from bench.streaming import Key, LazySamples
-from bench.transforms import pascal_sample
+from bench.data.metrics import IGNORE_INDEX
+from bench.data.real import FileStatus, RealScenario, field_samples, held_out_split
+from bench.data.scenario import ScenarioShape
+from bench.data.streaming import Key, LazySamples
+from bench.data.transforms import pascal_sample
 
 #: the share of the training folder held out for model selection
 HELD_OUT = 0.05
@@ -119,7 +119,7 @@ def _png(path: Path) -> np.ndarray[Any, Any]:
         return np.asarray(img)
 
 
-#: field -> how bench.transforms resamples it
+#: field -> how bench.data.transforms resamples it
 FIELD_KINDS = {"image": "image", "semseg": "label", "human_parts": "label",
                "saliency": "saliency", "normals": "normals"}
 
@@ -127,7 +127,7 @@ FIELD_KINDS = {"image": "image", "semseg": "label", "human_parts": "label",
 def read_field(root: Path, sample: str, field: str, size: int, key: Key | None = None
                ) -> torch.Tensor:
     """One sample's ``field`` (``image`` or a task) at ``size``², through MTLoRA's training
-    augmentation when ``key`` is given (:func:`bench.transforms.pascal_sample`: flip, rotation,
+    augmentation when ``key`` is given (:func:`bench.data.transforms.pascal_sample`: flip, rotation,
     scale) and its resize: the image bicubic, normalised with ImageNet's mean and std (the
     Swin-T's pretraining) ``(3, S, S)``; label maps nearest — ``semseg`` (255 → ignored),
     ``human_parts`` (:func:`read_human_parts`), ``saliency`` (0/1 floats, threshold 127),

@@ -17,8 +17,8 @@ classes are the label folders of its region (sorted), its inputs that region's i
 
 Splits: MoLA does not publish its split; each label folder's images are split by a seeded
 permutation (data seed 1357) into 80 / 10 / 10 % train / val / test. Images are read from disk
-batch by batch (:mod:`bench.streaming`: only the file list is held in memory) through MoLA's
-reference pipeline (:data:`bench.transforms.RADIMAGENET_IMAGENET`): grey repeated to RGB,
+batch by batch (:mod:`bench.data.streaming`: only the file list is held in memory) through MoLA's
+reference pipeline (:data:`bench.data.transforms.RADIMAGENET_IMAGENET`): grey repeated to RGB,
 resize to 256, random resized crop 224 and flip in training, centre crop at test, ImageNet
 mean/std.
 
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
-from bench.data import (
+from bench.data.real import (
     FileStatus,
     RealScenario,
     find_dir,
@@ -46,8 +46,8 @@ from bench.data import (
     list_images,
     split_indices,
 )
-from bench.scenario import DataMissingError, ScenarioShape
-from bench.transforms import RADIMAGENET_IMAGENET, ClassificationPipeline
+from bench.data.scenario import DataMissingError, ScenarioShape
+from bench.data.transforms import RADIMAGENET_IMAGENET, ClassificationPipeline
 
 DATA_SEED = 1357
 ABDOMEN = ("abd", "abdomen", "abdomen_pelvis", "abdomenpelvis", "abd_pelvis")

@@ -7,20 +7,20 @@ Efros, CVPR 2011): 10,729 images of 5 classes (bird, car, chair, dog, person) fr
 ``python -m domainbed.scripts.download``; the archive is linked from its README).
 
 Tasks: one per domain, in MoLA (ICML 2024) Table 2's column order V, L, C, S; one shared label
-space (Uniform uses one head). Splits, image handling: :class:`bench.data.DomainBedScenario`
+space (Uniform uses one head). Splits, image handling: :class:`bench.data.real.DomainBedScenario`
 (seeded 80/10/10 % per domain, data seed 2024).
 
 Profiles: ``paper`` — MoLA App. B: ResNet-18, batches of 128 drawn from all domains pooled, AdamW lr
 1e-4; from MoLA's reference code (the paper does not state them): ImageNet weights, weight decay
 1e-4, cosine schedule, 10 epochs, its augmentation at 224²
-(:data:`bench.transforms.DOMAINBED_CLIP`). ``smoke`` — 32×32, at most 6 images per class and domain,
-a narrow ResNet, 1 epoch.
+(:data:`bench.data.transforms.DOMAINBED_CLIP`). ``smoke`` — 32×32, at most 6 images per class and
+domain, a narrow ResNet, 1 epoch.
 """
 
 from __future__ import annotations
 
 from bench.api import register_scenario
-from bench.data import DomainBedScenario
+from bench.data.real import DomainBedScenario
 
 
 @register_scenario("vlcs")

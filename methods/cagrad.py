@@ -7,7 +7,7 @@ Paper §3, Eq. (4)-(5) and Algorithm 1, with the official code's conventions (as
 2. update ``d = g_0 + (c / ||g_w*||) g_w*``;
 3. rescale (LibMTL's ``rescale``): 0 — ``d``; 1 — ``d / (1 + calpha^2)``; 2 — ``d / (1 + calpha)``.
 
-Fix 4 of :mod:`bench.compat`: LibMTL's ``CAGrad.backward`` hard-codes three tasks
+Fix 4 of :mod:`bench.models.compat`: LibMTL's ``CAGrad.backward`` hard-codes three tasks
 (``x.reshape(1, 3)``); :func:`cagrad_weights` works on the ``T x T`` Gram matrix for any ``T``.
 The dual is solved with SLSQP as in the official code, but with the analytic gradient of the
 objective and tight tolerances. Only ``rep_grad=False`` (as the paper and LibMTL).

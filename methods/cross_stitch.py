@@ -1,12 +1,12 @@
 """Cross-Stitch networks (Misra et al., CVPR 2016, §3, Eq. 1) on any staged encoder.
 
 One column (a full copy of the scenario's encoder) per task. After every stage ``s`` of the
-staged-encoder protocol (:mod:`bench.backbones`), a cross-stitch unit mixes the columns' feature
-maps with a learnt ``T x T`` matrix: ``x~_i = sum_j alpha^s_ij x_j`` (the paper's Eq. 1 for ``T``
-tasks). Initialisation as the paper's best setting (§4.1, Table 2 "0.9/0.1"): ``alpha_ii = 0.9``,
-``alpha_ij = 0.1 / (T - 1)``, so each row sums to one.
+staged-encoder protocol (:mod:`bench.models.backbones`), a cross-stitch unit mixes the columns'
+feature maps with a learnt ``T x T`` matrix: ``x~_i = sum_j alpha^s_ij x_j`` (the paper's Eq. 1
+for ``T`` tasks). Initialisation as the paper's best setting (§4.1, Table 2 "0.9/0.1"):
+``alpha_ii = 0.9``, ``alpha_ij = 0.1 / (T - 1)``, so each row sums to one.
 
-Fix 6 of :mod:`bench.compat`: LibMTL 1.1.5's ``Cross_stitch`` needs a ResNet-shaped encoder
+Fix 6 of :mod:`bench.models.compat`: LibMTL 1.1.5's ``Cross_stitch`` needs a ResNet-shaped encoder
 (``conv1``, ``layer1..4``) and mixes the columns with one shared vector; this version needs only
 ``stem`` + ``stages`` and has one full matrix per stage. Registered with ``needs_encoder="staged"``.
 Every column processes every row (single- and multi-input); shared parameters for

@@ -6,7 +6,8 @@ Attention", CVPR 2019, §3.3, Eq. 7).
 equal weights for the first two epochs. Temperature ``T = 2`` (the paper's value, LibMTL's default).
 
 LibMTL 1.1.5's ``DWA`` through the compat layer; it reads ``self.epoch`` and
-``self.train_loss_buffer`` from LibMTL's Trainer, which :class:`bench.compat.EpochLossTracker`
+``self.train_loss_buffer`` from LibMTL's Trainer, which
+:class:`bench.models.compat.EpochLossTracker`
 provides (fix 12). Only the summed weighted loss is needed, so multi-input batches are fused.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import EpochLossTracker, import_libmtl
+from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
 from LibMTL.weighting.DWA import DWA as LibMTLDWA  # noqa: E402

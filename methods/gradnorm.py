@@ -6,7 +6,7 @@ inverse training rate (loss relative to its first-epoch mean, over the mean of t
 ``alpha = 1.5`` (the paper's NYUv2 value, LibMTL's default). Equal weights in the first epoch.
 
 LibMTL 1.1.5's ``GradNorm`` through the compat layer; ``self.epoch`` and
-``self.train_loss_buffer`` come from :class:`bench.compat.EpochLossTracker` (fix 12).
+``self.train_loss_buffer`` come from :class:`bench.models.compat.EpochLossTracker` (fix 12).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import EpochLossTracker, import_libmtl
+from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
 from LibMTL.weighting.GradNorm import GradNorm as LibMTLGradNorm  # noqa: E402

@@ -5,7 +5,7 @@ The shared update is the min-norm element of the convex hull of the task gradien
 ``alpha* = argmin_{alpha in simplex} || sum_t alpha_t g_t ||^2``, solved with the Frank-Wolfe
 method of Algorithm 2 (exact line search between the iterate and the best vertex, started from
 the best pair of tasks as the official code does). Our solver works on the Gram matrix and, unlike
-LibMTL 1.1.5's ``_find_min_norm_element`` (fix 10 of :mod:`bench.compat`: its loop counter is
+LibMTL 1.1.5's ``_find_min_norm_element`` (fix 10 of :mod:`bench.models.compat`: its loop counter is
 never incremented, so a non-converging problem loops forever), stops after 250 iterations and
 returns the last iterate.
 

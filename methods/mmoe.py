@@ -10,7 +10,7 @@ are the experts, as in LibMTL; the gates are task-specific.
 
 Multi-input scenarios: ``encode`` runs every expert once on all rows and returns one gated
 representation per task for all rows (the base class keeps each task's rows), so the fused pass
-of :mod:`bench.engine` works.
+of :mod:`bench.run.engine` works.
 """
 
 from __future__ import annotations

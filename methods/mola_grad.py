@@ -5,7 +5,7 @@ Table 7) carry K = T low-rank adapters of rank 4 (Table 6), alpha = 16 (referenc
 of task ``t`` is computed with ``W + ΔW_t`` (Eq. 1 with α_n = one-hot(t)), so the loss of task
 ``t`` reaches only adapter ``t`` and the shared weights: explicit gradient separation. The paper's
 grouped convolution (Eq. 2–3) is available as ``arch.path=grouped``; the default splits the batch
-by task (same result, a plain convolution's cost; see :func:`bench.mola.mola_conv_benchmark`).
+by task (same result, a plain convolution's cost; see :func:`bench.perf.mola_conv_benchmark`).
 
 * Multi-input scenarios (domain and multi-input task heterogeneity): the task id of each row comes
   from the data pipeline (``task_ids``), at training and at test time (target-aware inference).
@@ -27,12 +27,12 @@ them. With one forward per task (gradient weightings, LibMTL's Trainer) or in ev
 isolation is exact (``tests/test_mola.py``).
 
 Any weighting combines with it (``mola_grad+pcgrad``); gradient-surgery weightings act on the
-shared parameters only (encoder without adapters, see :class:`bench.mola.MoLAArchitecture`).
+shared parameters only (encoder without adapters, see :class:`bench.models.mola.MoLAArchitecture`).
 
 Transformer backbone (§5.5, Table 8): with ``backbone.name=swin_embedded`` the adapters sit on the
 ``qkv``, ``proj``, ``fc1`` and ``fc2`` linear layers of the last Swin stage's blocks
-(:class:`bench.mola.MoLALinear`, α per sample broadcast over its tokens and windows); the Swin has
-LayerNorm only, so the isolation is exact in training mode too.
+(:class:`bench.models.mola.MoLALinear`, α per sample broadcast over its tokens and windows); the
+Swin has LayerNorm only, so the isolation is exact in training mode too.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.mola import MoLAArchitecture, mixture
+from bench.models.mola import MoLAArchitecture, mixture
 
 
 class MoLAGrad(MoLAArchitecture):

@@ -8,8 +8,8 @@ identity shortcuts), global average pooling and a linear layer to K scores; α =
 
 Task-wise Decorrelation (Eq. 4–5): the K scores are mapped by a trainable linear layer to d = 32
 dimensions (Table 10) and L2-normalised; the loss is supervised-contrastive with tasks as classes
-and τ = 1 (:func:`bench.mola.twd_loss`). Total loss ``Σ_t L_t + λ·L_TwD`` with λ = 0.1; the engine
-backpropagates ``auxiliary_loss()``. Task identifiers are read only to build that loss (in
+and τ = 1 (:func:`bench.models.mola.twd_loss`). Total loss ``Σ_t L_t + λ·L_TwD`` with λ = 0.1; the
+engine backpropagates ``auxiliary_loss()``. Task identifiers are read only to build that loss (in
 training mode); the representation never depends on them, at training or at inference.
 With gradient weightings the engine runs one forward per task, so the router outputs and task ids
 of all forwards of a step are accumulated and consumed by ``auxiliary_loss()``.
@@ -30,7 +30,7 @@ over the paths). ``single_input_mode="shared"`` uses one mixture per sample for 
 then has no classes and is disabled (the mixture differs between samples, never between tasks).
 
 Transformer backbone (§5.5, Table 8): ``backbone.name=swin_embedded`` puts the adapters on the
-last Swin stage's linear layers (:class:`bench.mola.MoLALinear`); the router stays the CIFAR
+last Swin stage's linear layers (:class:`bench.models.mola.MoLALinear`); the router stays the CIFAR
 ResNet on the raw input.
 """
 
@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.mola import CifarResNetRouter, MoLAArchitecture, mixture, twd_loss
+from bench.models.mola import CifarResNetRouter, MoLAArchitecture, mixture, twd_loss
 
 
 class MoLARouter(MoLAArchitecture):

@@ -12,7 +12,7 @@ the embedded default is 4 for both (the backbone is 4x narrower than Swin-T); un
 from __future__ import annotations
 
 from bench.api import register_architecture, register_method
-from bench.mtlora import DEFAULTS, MTLoRAPlus, paper_scale
+from bench.models.mtlora import DEFAULTS, MTLoRAPlus, paper_scale
 
 register_architecture(
     "mtlora_plus", MTLoRAPlus,

@@ -5,15 +5,15 @@ For every task ``i``, in a random order of the other tasks ``j``: if ``g_i^PC . 
 ``g_i^PC <- g_i^PC - (g_i^PC . g_j / ||g_j||^2) g_j``; the shared update is ``sum_i g_i^PC``.
 
 We use LibMTL 1.1.5's implementation (``LibMTL.weighting.PCGrad``) unchanged, with the fixes of
-:class:`bench.compat.CompatWeighting` first in the MRO (fix 3: ``_reset_grad`` on ``None`` grads,
-fix 11: ``_grad2vec`` device, fix 7: ``backward`` is a method). Only ``rep_grad=False``: PCGrad
-projects gradients of the shared parameters, as in the paper.
+:class:`bench.models.compat.CompatWeighting` first in the MRO (fix 3: ``_reset_grad`` on ``None``
+grads, fix 11: ``_grad2vec`` device, fix 7: ``backward`` is a method). Only ``rep_grad=False``:
+PCGrad projects gradients of the shared parameters, as in the paper.
 """
 
 from __future__ import annotations
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import import_libmtl
+from bench.models.compat import import_libmtl
 
 import_libmtl()
 from LibMTL.weighting.PCGrad import PCGrad as LibMTLPCGrad  # noqa: E402

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import import_libmtl
+from bench.models.compat import import_libmtl
 
 import_libmtl()
 from LibMTL.weighting.RLW import RLW as LibMTLRLW  # noqa: E402

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bench.api import CompatArchitecture, TaskSpec, register_architecture, register_method
-from bench.scenario import is_dense
+from bench.data.scenario import is_dense
 
 
 class Uniform(CompatArchitecture):

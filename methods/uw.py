@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import import_libmtl
+from bench.models.compat import import_libmtl
 
 import_libmtl()
 from LibMTL.weighting.UW import UW as LibMTLUW  # noqa: E402

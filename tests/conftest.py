@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.data.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
 
 
 @pytest.fixture(autouse=True)

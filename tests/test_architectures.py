@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.engine import compute_losses
-from bench.method import IncompatibleError, build_model, check_compatible, resolve_method
+from bench.models.method import IncompatibleError, build_model, check_compatible, resolve_method
+from bench.run.engine import compute_losses
 
 torch.set_num_threads(1)
 

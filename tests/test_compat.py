@@ -1,5 +1,5 @@
-"""One test per numbered fix of :mod:`bench.compat`: the bug exists in raw LibMTL 1.1.5 and our
-version works. Tiny tensors only; the two subprocess tests take a few seconds each."""
+"""One test per numbered fix of :mod:`bench.models.compat`: the bug exists in raw LibMTL 1.1.5 and
+our version works. Tiny tensors only; the two subprocess tests take a few seconds each."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench import compat
-from bench.backbones import ResNet
-from bench.compat import CompatArchitecture, CompatWeighting
-from bench.engine import compute_losses, make_optimizer
-from bench.method import IncompatibleError, build_model, check_compatible, resolve_method
+from bench.models import compat
+from bench.models.backbones import ResNet
+from bench.models.compat import CompatArchitecture, CompatWeighting
+from bench.models.method import IncompatibleError, build_model, check_compatible, resolve_method
 from bench.registry import REPO_ROOT, weightings
+from bench.run.engine import compute_losses, make_optimizer
 
 compat.import_libmtl()  # LibMTL can be imported only after the shim (fix 1)
 from LibMTL.architecture.abstract_arch import AbsArchitecture  # noqa: E402
@@ -81,7 +81,7 @@ def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_fix1_import_shim() -> None:
     raw = run_python("import LibMTL")
     assert raw.returncode != 0 and "torchvision.models.utils" in raw.stderr
-    fixed = run_python("from bench.compat import import_libmtl; import_libmtl(); "
+    fixed = run_python("from bench.models.compat import import_libmtl; import_libmtl(); "
                        "import LibMTL.weighting; print('ok')")
     assert fixed.returncode == 0 and fixed.stdout.strip() == "ok", fixed.stderr
 
@@ -230,7 +230,7 @@ def test_fix10_mgda_solver_terminates() -> None:
     assert "while iter_count < MAX_ITER" in source and "iter_count +=" not in source
     code = f"""
         import torch
-        from bench.compat import import_libmtl
+        from bench.models.compat import import_libmtl
         import_libmtl()
         from LibMTL.weighting.MGDA import MGDA
         print("ready", flush=True)

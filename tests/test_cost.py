@@ -1,4 +1,4 @@
-"""Scenario shapes (``Scenario.shape``), counted-FLOP cost estimates (``bench.cost``) and the
+"""Scenario shapes (``Scenario.shape``), counted-FLOP cost estimates (``bench.run.cost``) and the
 dry run's estimate without records.
 
 Tiny configs only; nothing here asserts a time.
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cost
 from bench.cli import main
-from bench.engine import epoch_steps
-from bench.method import resolve_method
-from bench.plan import make_run
+from bench.data.scenario import ScenarioShape, TrainingSetup
+from bench.models.method import resolve_method
 from bench.registry import scenarios
-from bench.scenario import ScenarioShape, TrainingSetup
+from bench.run import cost
+from bench.run.engine import epoch_steps
+from bench.run.plan import make_run
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +115,7 @@ def test_run_flops_follow_the_engines_steps_and_evaluations() -> None:
 def test_nominal_shapes_of_real_scenarios_come_from_published_sizes() -> None:
     from medmnist import INFO
 
-    from bench.data import split_sizes
+    from bench.data.real import split_sizes
 
     mola = scenarios.get("medmnist_mola")()
     shape = mola.shape("paper")
@@ -194,7 +194,7 @@ def test_counting_paper_runs_fetches_no_weights_and_follows_pooled_epochs(monkey
     all tasks' samples together."""
     import timm
 
-    from bench.engine import epoch_steps
+    from bench.run.engine import epoch_steps
 
     real_create = timm.create_model
 

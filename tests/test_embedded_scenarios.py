@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
-from bench import digits_data as dd
 from bench import registry
-from bench.engine import run_config
-from bench.scenario import ScenarioData
+from bench.data import digits as dd
+from bench.data.scenario import ScenarioData
+from bench.report import reports_average
+from bench.run.engine import run_config
+from bench.run.plan import make_run
 
 SCENARIOS = {
     "digits_domains": "domain",
@@ -59,7 +61,7 @@ def test_shapes_dtypes_and_label_ranges(name: str, profile: str) -> None:
     if name == "digits_domains":
         assert data.shared_label_space
     if name == "digits_scene":
-        assert not data.report_average
+        assert not reports_average([t.describe() for t in data.tasks])
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -105,7 +107,7 @@ def test_rendered_inputs_come_from_their_split_only() -> None:
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_smoke_hps_trains_end_to_end(name: str) -> None:
     torch.set_num_threads(1)
-    result, wall = run_config({"method": "hps", "scenario": name, "seed": 0, "profile": "smoke"})
+    result, wall = run_config(make_run("hps", name, 0, "smoke"))
     assert result.epochs == 2 and result.steps > 0
     data = _load(name, "smoke")
     assert set(result.test_metrics) == set(data.task_names)

@@ -20,10 +20,12 @@ import pytest
 
 from bench import registry
 from bench.cli import main
-from bench.plan import make_run
 from bench.records import load_records, record_path
 from bench.report import render
-from bench.sweep import _lock_owner, claim, execute, run_one
+from bench.run.locks import _lock_owner, claim
+from bench.run.plan import make_run
+from bench.run.sweep import execute
+from bench.run.worker import run_one
 
 SCENARIO = "digits_domains"
 SMOKE = ["--scenario", SCENARIO, "--profile", "smoke", "--no-leaderboard"]
@@ -300,12 +302,12 @@ def test_truncated_record_is_reported_skipped_then_rerun(tmp_path: Path, capsys)
 
 
 def test_failed_write_leaves_no_partial_record(tmp_path: Path, monkeypatch, capsys) -> None:
-    import bench.records
+    import bench.records.store
 
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(bench.records.os, "fsync", disk_full)
+    monkeypatch.setattr(bench.records.store.os, "fsync", disk_full)
     results = tmp_path / "r"
     assert _small_sweep(results) == 1
     err = capsys.readouterr().err
@@ -320,9 +322,9 @@ def test_failed_write_leaves_no_partial_record(tmp_path: Path, monkeypatch, caps
 # ---------------------------------------------------------------- progress and backends
 def test_progress_runs_shows_a_step_bar(tmp_path: Path, monkeypatch) -> None:
     seen: list[tuple[int, int]] = []
-    import bench.engine
+    import bench.run.engine
 
-    real = bench.engine.run_config
+    real = bench.run.engine.run_config
 
     def spy(config, progress=None):
         assert progress is not None
@@ -333,13 +335,13 @@ def test_progress_runs_shows_a_step_bar(tmp_path: Path, monkeypatch) -> None:
 
         return real(config, record_step)
 
-    monkeypatch.setattr(bench.engine, "run_config", spy)
+    monkeypatch.setattr(bench.run.engine, "run_config", spy)
     assert _small_sweep(tmp_path / "r", "--progress-runs") == 0
     assert seen[-1] == (4, 4) and len(seen) == 8  # 2 runs × 4 smoke steps
 
 
 def test_backend_flag_errors_exit_2_before_anything_runs(tmp_path: Path, capsys) -> None:
-    from bench.backends import parse_time
+    from bench.run.backends import parse_time
 
     results = tmp_path / "r"
     assert _small_sweep(results, "--slurm-partition", "gpu") == 2
@@ -408,7 +410,7 @@ def test_backends_write_the_same_records_as_local(backend: str, local_reference:
 def test_remote_tasks_get_the_submitters_data_settings(monkeypatch) -> None:
     """BENCH_DATA_ROOT & co. travel with every backend task (remote workers do not inherit the
     submitting shell's environment)."""
-    from bench import backends, sweep
+    from bench.run import backends, worker
 
     monkeypatch.setenv("BENCH_DATA_ROOT", "/data/on/the/cluster")
     monkeypatch.delenv("BENCH_DEVICE", raising=False)
@@ -416,7 +418,7 @@ def test_remote_tasks_get_the_submitters_data_settings(monkeypatch) -> None:
     assert env["BENCH_DATA_ROOT"] == "/data/on/the/cluster" and "BENCH_DEVICE" not in env
     monkeypatch.delenv("BENCH_DATA_ROOT")
     seen: list[str | None] = []
-    monkeypatch.setattr(sweep, "run_one",
+    monkeypatch.setattr(worker, "run_one",
                         lambda *a, **k: seen.append(os.environ.get("BENCH_DATA_ROOT")) or {})
     for task, args in ((backends._slurm_task, (None, "r", 1, False, env)),
                        (backends._ray_task, (None, "r", False, env)),

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.engine import compute_losses, make_optimizer, train
-from bench.method import IncompatibleError, build_model, check_compatible, resolve_method
+from bench.models.method import IncompatibleError, build_model, check_compatible, resolve_method
 from bench.registry import methods
+from bench.run.engine import compute_losses, make_optimizer, train
 
 torch.set_num_threads(1)
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import ResNet
-from bench.engine import train
-from bench.method import build_model, count_parameters, resolve_method
-from bench.mola import (
+from bench.data.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.models.backbones import ResNet
+from bench.models.method import build_model, count_parameters, resolve_method
+from bench.models.mola import (
     MoLAConv2d,
     adapter_param_count,
     add_mola,
@@ -22,7 +22,7 @@ from bench.mola import (
     twd_loss,
 )
 from bench.registry import weightings
-from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.run.engine import train
 
 torch.set_num_threads(1)
 

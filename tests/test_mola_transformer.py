@@ -8,19 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.engine import train
-from bench.method import (
+from bench.data.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.models.method import (
     IncompatibleError,
     build_model,
     check_compatible,
     count_parameters,
     resolve_method,
 )
-from bench.mola import MoLALinear, mixture, mola_layers, run_stages
-from bench.mtlora import SwinBackbone
-from bench.plan import expand_ablation, make_run
-from bench.registry import UnknownNameError, ablations
-from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.models.mola import MoLALinear, mixture, mola_layers, run_stages
+from bench.models.mtlora import SwinBackbone
+from bench.registry import UnknownNameError
+from bench.run.ablations import ablations
+from bench.run.engine import train
+from bench.run.plan import expand_ablation, make_run
 
 torch.set_num_threads(1)
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-import bench.mtlora as M
-from bench.backbones import build_backbone
-from bench.engine import train
-from bench.method import resolve_method
+import bench.models.mtlora as M
+from bench.data.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.models.backbones import build_backbone
+from bench.models.method import resolve_method
 from bench.registry import load_plugins
-from bench.scenario import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup
+from bench.run.engine import train
 
 torch.set_num_threads(1)
 

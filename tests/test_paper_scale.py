@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import bench.backbones as B
+import bench.models.backbones as B
 from bench.cli import main
-from bench.method import build_model, count_parameters, resolve_method, resolve_run_method
-from bench.plan import WeightsMissingError, expand
+from bench.data.scenario import ScenarioData, Split, TrainingSetup
+from bench.models.method import build_model, count_parameters, resolve_method, resolve_run_method
 from bench.registry import scenarios
-from bench.scenario import ScenarioData, Split, TrainingSetup
+from bench.run.plan import WeightsMissingError, expand
 
 PAPER_MTLORA = {"rank": 16, "task_rank": 4, "decoder_channels": [18, 36, 72, 144]}
 
@@ -155,8 +155,8 @@ def test_weights_problem_cases(tmp_path, monkeypatch) -> None:
 def test_pretrained_weights_that_cannot_be_fetched_are_one_line(monkeypatch) -> None:
     import timm
 
-    from bench.backbones import PretrainedWeightsError
-    from bench.mtlora import swin_t
+    from bench.models.backbones import PretrainedWeightsError
+    from bench.models.mtlora import swin_t
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'.\nmore details")
@@ -205,7 +205,7 @@ def test_paper_profiles_start_from_the_references_weights() -> None:
 
 
 def _lrs(setup: TrainingSetup) -> list[float]:
-    from bench.engine import make_scheduler
+    from bench.run.engine import make_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=setup.lr)
     scheduler = make_scheduler(optimizer, setup)
@@ -219,7 +219,7 @@ def _lrs(setup: TrainingSetup) -> list[float]:
 
 
 def test_schedules_warmup_cosine_floor_and_step() -> None:
-    from bench.engine import make_scheduler
+    from bench.run.engine import make_scheduler
 
     plain = TrainingSetup(epochs=10, batch_size=2, lr=0.1, scheduler="cosine")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -240,7 +240,7 @@ def test_schedules_warmup_cosine_floor_and_step() -> None:
 
 
 def test_new_training_settings_keep_old_config_keys_and_can_be_set(tiny_scenario) -> None:
-    from bench.plan import build_config
+    from bench.run.plan import build_config
 
     setup = TrainingSetup(epochs=1, batch_size=2)
     assert "grad_clip" not in setup.to_dict() and "warmup_epochs" not in setup.to_dict()
@@ -255,7 +255,7 @@ def test_gradient_clipping_bounds_each_step(tiny_scenario, monkeypatch) -> None:
     ``grad_clip`` is set, and never otherwise."""
     from dataclasses import replace as dc_replace
 
-    from bench.engine import train
+    from bench.run.engine import train
 
     scen, data = tiny_scenario("multi_input")
     spec = resolve_method("hps")
@@ -281,7 +281,7 @@ def test_gradient_clipping_bounds_each_step(tiny_scenario, monkeypatch) -> None:
 
 # ------------------------------------------------------------------ pooled sampling (MoLA)
 def test_pooled_sampler_passes_over_the_union_once_per_epoch() -> None:
-    from bench.engine import PooledSampler
+    from bench.run.engine import PooledSampler
 
     sizes = [5, 1, 10]
     sampler = PooledSampler(sizes, torch.Generator().manual_seed(0))
@@ -299,7 +299,7 @@ def test_pooled_sampler_passes_over_the_union_once_per_epoch() -> None:
 
 
 def test_absent_tasks_get_a_zero_loss_and_shares_sum_to_the_batch_mean(tiny_scenario) -> None:
-    from bench.engine import batch_losses
+    from bench.run.engine import batch_losses
 
     _, data = tiny_scenario("multi_input")
     torch.manual_seed(0)
@@ -323,7 +323,7 @@ def test_absent_tasks_get_a_zero_loss_and_shares_sum_to_the_batch_mean(tiny_scen
 def test_every_method_trains_on_pooled_batches(tiny_scenario, method: str) -> None:
     from dataclasses import replace as dc_replace
 
-    from bench.engine import train
+    from bench.run.engine import train
 
     scen, data = tiny_scenario("multi_input")
     small = dc_replace(data, train=Split({"a": data.train.inputs["a"][:14],
@@ -337,7 +337,7 @@ def test_every_method_trains_on_pooled_batches(tiny_scenario, method: str) -> No
 
 
 def test_representation_gradient_weightings_refuse_pooled_batches() -> None:
-    from bench.method import IncompatibleError, check_compatible
+    from bench.models.method import IncompatibleError, check_compatible
 
     medmnist = scenarios.get("medmnist_mola")()
     assert medmnist.setup("paper").sampling == "pooled"

@@ -10,9 +10,9 @@ import pytest
 
 from bench import registry
 from bench.cli import main
-from bench.plan import expand, make_run
 from bench.records import load_records, write_json_atomic
 from bench.report import delta_m, render
+from bench.run.plan import expand, make_run
 
 SCENARIO = "digits_domains"
 
@@ -104,11 +104,11 @@ def test_smoke_sweep_records_resume_and_deterministic_leaderboard(tmp_path: Path
 
 
 def test_same_seed_same_metrics(tmp_path: Path) -> None:
-    from bench.engine import run_config
+    from bench.run.engine import run_config
 
     run = make_run("hps", SCENARIO, 3, "smoke")
-    a, _ = run_config(run.config)
-    b, _ = run_config(run.config)
+    a, _ = run_config(run)
+    b, _ = run_config(run)
     assert a.test_metrics == b.test_metrics
 
 
@@ -183,7 +183,7 @@ def test_impossible_combinations_fail_at_planning_time(tmp_path: Path, capsys) -
     """Cross-Stitch needs a staged (ResNet-shaped) encoder; a rep-grad weighting needs a shared
     representation: both are refused before any training, with one line and exit code 2."""
     from bench.api import Scenario, register_scenario
-    from bench.method import IncompatibleError, check_compatible, resolve_method
+    from bench.models.method import IncompatibleError, check_compatible, resolve_method
 
     class SwinScenario(Scenario):
         """A scenario whose backbone is a Swin Transformer (not staged)."""
@@ -245,7 +245,7 @@ def test_paper_profile_tables_show_the_papers_numbers(tmp_path: Path) -> None:
 def test_committed_records_match_the_current_configs() -> None:
     """The records shipped in results/ must still be what `run --all` would produce: same
     config, same hash (otherwise a fresh clone silently re-runs them)."""
-    from bench.plan import build_config, canonical_json, config_hash
+    from bench.run.plan import build_config, canonical_json, config_hash
 
     records, bad = load_records(Path(__file__).resolve().parents[1] / "results")
     if not records:

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data as bdata
 from bench.cli import main
-from bench.metrics import METRICS, binary_auc, task_loss
+from bench.data import real as bdata
+from bench.data.metrics import METRICS, binary_auc, task_loss
+from bench.data.scenario import DataMissingError
 from bench.registry import scenarios
-from bench.scenario import DataMissingError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -223,8 +223,8 @@ def test_real_pneumoniamnist_loads_when_checksums_are_waived(monkeypatch) -> Non
 def test_real_pneumoniamnist_trains_in_the_smoke_profile(monkeypatch) -> None:
     """Real chest X-rays (MoLA's ninth MedMNIST task) through the engine: one smoke epoch of
     HPS and of MoLA-Grad on the file's first samples, finite losses and accuracies."""
-    from bench.engine import train
-    from bench.method import resolve_method
+    from bench.models.method import resolve_method
+    from bench.run.engine import train
 
     monkeypatch.setenv(bdata.VERIFY_ENV, "0")
     scen = _pneumonia_scenario()
@@ -394,7 +394,7 @@ def test_malformed_npz_is_refused_before_training(tmp_path: Path, capsys) -> Non
 
 
 def test_run_all_skips_real_datasets_without_data(tmp_path: Path, capsys) -> None:
-    from bench.plan import expand
+    from bench.run.plan import expand
 
     plan = expand(None, None, [0], "smoke", run_all=True)
     assert any(s == "vlcs" and reason.startswith("data missing") for _, s, reason in plan.skipped)
@@ -611,7 +611,7 @@ def test_saliency_is_averaged_over_images_as_mtlora_evaluates_it() -> None:
 
 
 def test_pascal_losses_and_weights() -> None:
-    from bench.metrics import balanced_bce_loss, normals_l1_loss
+    from bench.data.metrics import balanced_bce_loss, normals_l1_loss
 
     target = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).view(1, 3, 1, 2)  # 2nd unknown
     pred = torch.tensor([[2.0, 5.0], [0.0, 5.0], [0.0, 5.0]]).view(1, 3, 1, 2)
@@ -663,7 +663,7 @@ def test_paper_profiles_follow_the_papers() -> None:
 
 
 def test_paper_results_are_complete_and_consistent() -> None:
-    from bench.paper_results import load, tables_for
+    from bench.report.paper_results import load, tables_for
 
     data = load()
     assert {"mola", "mtlora"} <= set(data["sources"])
@@ -689,8 +689,8 @@ def test_paper_results_are_complete_and_consistent() -> None:
 def test_task_loss_weights_scale_the_training_losses(tiny_scenario) -> None:
     from dataclasses import replace
 
-    from bench.engine import compute_losses
-    from bench.method import build_model, resolve_method
+    from bench.models.method import build_model, resolve_method
+    from bench.run.engine import compute_losses
 
     _, data = tiny_scenario("single_input")
     weighted = replace(data, tasks=tuple(replace(t, loss_weight=w)

@@ -1,4 +1,4 @@
-"""Samples read on demand (bench.streaming): tensor-like indexing, errors, background
+"""Samples read on demand (bench.data.streaming): tensor-like indexing, errors, background
 prefetching, and training on streamed splits that matches training on the same data in memory.
 """
 
@@ -13,12 +13,9 @@ import pytest
 import torch
 from test_real_datasets import WRITERS
 
-from bench import data as bdata
-from bench.engine import train
-from bench.method import resolve_method
-from bench.registry import scenarios
-from bench.scenario import DataMissingError, ScenarioData, Split
-from bench.streaming import (
+from bench.data import real as bdata
+from bench.data.scenario import DataMissingError, ScenarioData, Split
+from bench.data.streaming import (
     THREADS_ENV,
     LazySamples,
     is_lazy,
@@ -26,6 +23,9 @@ from bench.streaming import (
     prefetched,
     take,
 )
+from bench.models.method import resolve_method
+from bench.registry import scenarios
+from bench.run.engine import train
 
 
 def _lazy(tensor: torch.Tensor, name: str = "t") -> LazySamples:

@@ -1,5 +1,6 @@
-"""The papers' input pipelines (bench.transforms): per-sample seeded draws shared by all fields,
-geometry conventions (flip, rotation, scale-crop) checked against exact cases, normalisation."""
+"""The papers' input pipelines (bench.data.transforms): per-sample seeded draws shared by all
+fields, geometry conventions (flip, rotation, scale-crop) checked against exact cases,
+normalisation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.transforms as T
+import bench.data.transforms as T
 
 
 def _photo(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:

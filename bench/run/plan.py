@@ -15,22 +15,32 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from bench.backbones import weights_problem
-from bench.method import (
+from bench.data.scenario import DataMissingError, Scenario, TrainingSetup
+from bench.models.backbones import weights_problem
+from bench.models.method import (
     IncompatibleError,
     MethodSpec,
     check_compatible,
     resolve_method,
     resolve_run_method,
 )
-from bench.registry import UnknownNameError, ablations, methods, scenarios
-from bench.scenario import DataMissingError, Scenario, TrainingSetup
+from bench.registry import UnknownNameError, methods, scenarios
+from bench.run.ablations import ablations
 
 SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run, resolved once at planning time and frozen.
+
+    ``spec`` is the method with every keyword resolved (architecture and weighting defaults,
+    the profile's paper-scale overrides, the user's ``--set``), ``setup`` the training setup;
+    ``config`` is what they serialise to (its SHA-256 is the run's identity). The engine, the
+    cost estimate, every backend and the record use these and never resolve a method by name
+    again; :meth:`from_config` rebuilds the same run from a record's config alone.
+    """
+
     method: str
     scenario: str
     seed: int
@@ -40,6 +50,8 @@ class RunSpec:
     label: str = ""
     ablation: str | None = None
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    spec: MethodSpec | None = field(default=None, compare=False, hash=False)
+    setup: TrainingSetup | None = field(default=None, compare=False, hash=False)
 
     @property
     def config_hash(self) -> str:
@@ -48,6 +60,25 @@ class RunSpec:
     @property
     def display(self) -> str:
         return self.label or self.method
+
+    @property
+    def method_spec(self) -> MethodSpec:
+        """The resolved method (rebuilt from ``config`` if this run was made without it)."""
+        return self.spec or MethodSpec.from_identity(self.method, self.config["method_identity"])
+
+    @property
+    def training(self) -> TrainingSetup:
+        """The resolved training setup."""
+        return self.setup or TrainingSetup.from_dict(self.config["training"])
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RunSpec:
+        """The run a (record's) config describes; no name is resolved again."""
+        return cls(config["method"], config["scenario"], int(config["seed"]), config["profile"],
+                   tuple(sorted((config.get("overrides") or {}).items())),
+                   config.get("label") or config["method"], config.get("ablation"), config,
+                   MethodSpec.from_identity(config["method"], config["method_identity"]),
+                   TrainingSetup.from_dict(config["training"]))
 
 
 def canonical_json(obj: Any) -> str:
@@ -58,46 +89,59 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
-def build_config(method: str, scenario: str, seed: int, profile: str,
-                 overrides: dict[str, Any] | None = None, label: str = "",
-                 ablation: str | None = None) -> dict[str, Any]:
-    """The full, self-describing config of one run (validates names and compatibility)."""
-    spec = resolve_run_method(method, overrides, profile)
-    scen: Scenario = scenarios.get(scenario)()
+def resolved_setup(spec: MethodSpec, scen: Scenario, profile: str) -> TrainingSetup:
+    """The scenario profile's training setup with the method's ``train.*`` overrides."""
+    setup = scen.setup(profile)
+    if not spec.training_overrides:
+        return setup
+    known = [f.name for f in fields(TrainingSetup)]
+    unknown = set(spec.training_overrides) - set(known)
+    if unknown:
+        raise ValueError(f"unknown training setting(s) {sorted(unknown)}; "
+                         f"known: {', '.join(known)}")
+    return replace(setup, **spec.training_overrides)
+
+
+def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profile: str,
+                overrides: dict[str, Any] | None = None, label: str = "",
+                ablation: str | None = None) -> RunSpec:
+    """The frozen run of the resolved method ``spec`` (checked against ``scen``)."""
     scen.check_profile(profile)
     check_compatible(spec, scen, profile)
-    setup = scen.setup(profile)
-    if spec.training_overrides:
-        known = [f.name for f in fields(TrainingSetup)]
-        unknown = set(spec.training_overrides) - set(known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; "
-                             f"known: {', '.join(known)}")
-        setup_dict = replace(setup, **spec.training_overrides).to_dict()
-    else:
-        setup_dict = setup.to_dict()
-    return {
+    setup = resolved_setup(spec, scen, profile)
+    config = {
         "schema": SCHEMA_VERSION,
         "method": method,
         "label": label or method,
         "ablation": ablation,
-        "scenario": scenario,
+        "scenario": scen.name,
         "scenario_data_version": scen.data_version,
         "heterogeneity": scen.heterogeneity,
         "seed": int(seed),
         "profile": profile,
         "overrides": dict(overrides or {}),
         "method_identity": spec.identity(),
-        "training": setup_dict,
+        "training": setup.to_dict(),
     }
+    return RunSpec(method, scen.name, int(seed), profile,
+                   tuple(sorted((overrides or {}).items())), label or method, ablation, config,
+                   spec, setup)
 
 
 def make_run(method: str, scenario: str, seed: int, profile: str,
              overrides: dict[str, Any] | None = None, label: str = "",
              ablation: str | None = None) -> RunSpec:
-    config = build_config(method, scenario, seed, profile, overrides, label, ablation)
-    return RunSpec(method, scenario, int(seed), profile, tuple(sorted((overrides or {}).items())),
-                   label or method, ablation, config)
+    """Resolve ``method`` (a name or ``A+B``) with its overrides on ``scenario`` into a run."""
+    spec = resolve_run_method(method, overrides, profile)
+    return resolve_run(spec, method, scenarios.get(scenario)(), seed, profile, overrides, label,
+                       ablation)
+
+
+def build_config(method: str, scenario: str, seed: int, profile: str,
+                 overrides: dict[str, Any] | None = None, label: str = "",
+                 ablation: str | None = None) -> dict[str, Any]:
+    """The full, self-describing config of one run (validates names and compatibility)."""
+    return make_run(method, scenario, seed, profile, overrides, label, ablation).config
 
 
 @dataclass
@@ -108,7 +152,7 @@ class Plan:
     #: (scenario, problem) planned for a dry run although their data are missing
     missing_data: list[tuple[str, str]] = field(default_factory=list)
     #: (method, scenario, problem) planned for a dry run although the backbone's weights are
-    #: not available (:func:`bench.backbones.weights_problem`)
+    #: not available (:func:`bench.models.backbones.weights_problem`)
     missing_weights: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -191,8 +235,8 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
                 plan.skipped.append((method, scenario, f"weights unavailable ({problem})"))
                 continue
             for seed in seeds:
-                plan.runs.append(make_run(method, scenario, seed, profile, overrides,
-                                          override_label(method, overrides)))
+                plan.runs.append(resolve_run(spec, method, scen, seed, profile, overrides,
+                                             override_label(method, overrides)))
     return plan
 
 
@@ -216,9 +260,10 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
             if problem:
                 raise WeightsMissingError(f"{label} on {scenario}: {problem}")
             for seed in seeds:
-                plan.runs.append(make_run(method, scenario, seed, profile, overrides, label, name))
+                plan.runs.append(resolve_run(spec, method, scen, seed, profile, overrides,
+                                             label, name))
     return plan
 
 
 __all__ = ["Plan", "RunSpec", "UnknownNameError", "WeightsMissingError", "expand",
-           "expand_ablation", "make_run", "override_label"]
+           "expand_ablation", "make_run", "override_label", "resolve_run"]

@@ -5,7 +5,7 @@ A scenario plugin (one file in ``datasets/``) subclasses :class:`Scenario` and r
 tensors with a fixed train/val/test split (independent of the run's seed).
 
 Model selection rule (all scenarios): the run reports test metrics at the epoch with the lowest
-validation score ``mean_t L_t / L_t(first epoch)`` (see :mod:`bench.engine`).
+validation score ``mean_t L_t / L_t(first epoch)`` (see :mod:`bench.run.engine`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from bench.metrics import LOSS_VARIANTS, METRICS
+from bench.data.metrics import LOSS_VARIANTS, METRICS
 
 Heterogeneity = Literal["domain", "multi_input", "single_input"]
 HETEROGENEITY_LABELS = {
@@ -49,7 +49,7 @@ class TaskSpec:
     num_outputs: int
     metrics: tuple[str, ...]
     label: str = ""
-    #: a named training loss instead of the kind's default (``bench.metrics.LOSS_VARIANTS``)
+    #: a named training loss instead of the kind's default (``bench.data.metrics.LOSS_VARIANTS``)
     loss: str = ""
     #: the factor of this task's loss in training (a scenario's fixed task weights)
     loss_weight: float = 1.0
@@ -109,6 +109,11 @@ class TrainingSetup:
     #: scale each task's mean loss by its share of the batch, so that the losses sum to the
     #: batch's mean loss (MoLA's reference on MedMNIST and RadImageNet)
     loss_share: bool = False
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> TrainingSetup:
+        """The setup a run config's ``training`` describes (inverse of :meth:`to_dict`)."""
+        return cls(**settings)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as the run config records them; the fields added after the first
@@ -175,13 +180,6 @@ class ScenarioData(TaskSet):
     shared_label_space: bool = False
     description: str = ""
 
-    @property
-    def report_average(self) -> bool:
-        """Whether the leaderboard shows "Avg" (:func:`bench.report.reports_average`)."""
-        from bench.report import reports_average
-
-        return reports_average([t.describe() for t in self.tasks])
-
 
 SPLITS = ("train", "val", "test")
 
@@ -234,7 +232,7 @@ class Scenario:
 
     def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
         """Backbone keywords known before loading that planning checks (e.g. ``pretrained``:
-        :func:`bench.backbones.weights_problem`)."""
+        :func:`bench.models.backbones.weights_problem`)."""
         return {}
 
     def setup(self, profile: str) -> TrainingSetup:

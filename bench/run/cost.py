@@ -1,9 +1,9 @@
 """Counted-FLOP cost of a planned run, for ``python -m bench run --dry-run``.
 
 * :func:`step_flops` runs **one real training step** of a method — the engine's
-  :func:`~bench.engine.compute_losses` and :func:`~bench.engine.backward_step` (auxiliary loss,
-  then ``model.backward`` through the weighting, so PCGrad, MGDA, CAGrad... are counted with their
-  T backward passes) — on a synthetic batch of the scenario's input shape, under
+  :func:`~bench.run.engine.compute_losses` and :func:`~bench.run.engine.backward_step`
+  (auxiliary loss, then ``model.backward`` through the weighting, so PCGrad, MGDA, CAGrad... are
+  counted with their T backward passes) — on a synthetic batch of the scenario's input shape, under
   :class:`torch.utils.flop_counter.FlopCounterMode`; :func:`eval_flops` counts an evaluation.
 * The batch is small: FLOPs are counted at 1 and 2 samples per task (2 and 4 when BatchNorm needs
   more) and extrapolated linearly to the real batch, which keeps the part of a step that does not
@@ -45,7 +45,9 @@ from torch.utils.flop_counter import (
 )
 from tqdm import tqdm
 
-from bench.engine import (
+from bench.data.scenario import ScenarioData, ScenarioShape, Split, TaskSpec, TrainingSetup
+from bench.models.method import MethodSpec, build_model
+from bench.run.engine import (
     backward_step,
     compute_losses,
     default_device,
@@ -53,9 +55,7 @@ from bench.engine import (
     evaluate,
     fused_forward,
 )
-from bench.method import MethodSpec, build_model, resolve_run_method
-from bench.plan import RunSpec, canonical_json
-from bench.scenario import ScenarioData, ScenarioShape, Split, TaskSpec, TrainingSetup
+from bench.run.plan import RunSpec, canonical_json
 
 #: samples per task of the smaller counted batch, and the fallback when BatchNorm in training
 #: mode sees a single value per channel (a 1×1 feature map of one sample)
@@ -324,7 +324,7 @@ def _first_task_only(data: ScenarioData) -> Split:
 
 def _training_step(model: torch.nn.Module, spec: MethodSpec, data: ScenarioData,
                    fused: bool) -> None:
-    """One training step on all of ``data.train``, as :func:`bench.engine.train` runs it
+    """One training step on all of ``data.train``, as :func:`bench.run.engine.train` runs it
     (without the optimiser's element-wise update)."""
     model.train()
     index = {t: torch.arange(data.train.size(t)) for t in data.task_names}
@@ -352,7 +352,7 @@ def step_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup) -> 
 
 def eval_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup, split: str) -> int:
     """Forward FLOPs of evaluating ``split`` in chunks of ``setup.eval_batch_size`` samples, as
-    :func:`bench.engine.evaluate` does (multi-input: chunks of each task's samples)."""
+    :func:`bench.run.engine.evaluate` does (multi-input: chunks of each task's samples)."""
     flops = _method_flops(spec, shape, setup).evaluation
     sizes = list(shape.sizes[split].values()) if shape.multi_input else [
         shape.sizes[split][shape.task_names[0]]]
@@ -409,13 +409,12 @@ def _scenario_shape(name: str, profile: str, data_root: str) -> ScenarioShape | 
 
 def run_flops(run: RunSpec) -> RunCost | None:
     """The counted cost of ``run`` (None when its scenario's size is unknown): epochs × steps
-    per epoch (as :func:`bench.engine.train` counts them) training steps, a validation pass
+    per epoch (as :func:`bench.run.engine.train` counts them) training steps, a validation pass
     every epoch and the final test pass. Seeds share it (cached per method, scenario, profile)."""
     shape = scenario_shape(run.scenario, run.profile)
     if shape is None:
         return None
-    spec = resolve_run_method(run.method, dict(run.overrides), run.profile)
-    setup = TrainingSetup(**run.config["training"])
+    spec, setup = run.method_spec, run.training
     steps = setup.epochs * epoch_steps([shape.sizes["train"][t] for t in shape.task_names],
                                        setup.batch_size, shape.multi_input, setup.sampling)
     per_step = step_flops(spec, shape, setup)
@@ -466,7 +465,7 @@ RATE_WORKLOAD = {"batch": 16, "size": 64, "classes": 10}
 def device_rate(device: torch.device | str | None = None, threads: int | None = None,
                 repeats: int = 5) -> float:
     """Measured FLOP/s of ``device`` (default: the engine's) on one training step (forward and
-    backward) of :func:`bench.backbones.resnet18` at :data:`RATE_WORKLOAD`, counted with
+    backward) of :func:`bench.models.backbones.resnet18` at :data:`RATE_WORKLOAD`, counted with
     ``FlopCounterMode``: the median of ``repeats`` timed steps after a warm-up. ``threads``
     sets torch's CPU threads while measuring (as a sweep's ``--jobs`` splits them)."""
     device = torch.device(device) if device is not None else default_device()
@@ -475,7 +474,7 @@ def device_rate(device: torch.device | str | None = None, threads: int | None = 
 
 @cache
 def _device_rate(device_name: str, threads: int, repeats: int) -> float:
-    from bench.backbones import resnet18
+    from bench.models.backbones import resnet18
 
     device = torch.device(device_name)
     previous = torch.get_num_threads()

@@ -23,13 +23,13 @@ is numbered; ``tests/test_compat.py`` has one test per fix, which fails on unpat
    (:class:`WeightingSpec`), and the engine always passes them explicitly.
 6. ``Cross_stitch``, ``PLE`` and ``MTAN`` reach into a ResNet-shaped encoder (``conv1``,
    ``layer1..4``). -> our architectures use the staged-encoder protocol of
-   :mod:`bench.backbones` (``stem`` + ``stages``) and are checked at planning time.
+   :mod:`bench.models.backbones` (``stem`` + ``stages``) and are checked at planning time.
 7. ``AbsWeighting.backward`` is declared as a ``@property``: reading ``model.backward`` on a class
    that does not override it *calls* it with no arguments. -> :class:`CompatWeighting` declares a
    plain abstract method.
 8. LibMTL's ``Trainer`` runs one forward pass per task in multi-input mode. -> the engine
-   (:mod:`bench.engine`) runs all tasks' batches through the shared encoder in one pass for every
-   method (``train.forward=per_task`` keeps LibMTL's behaviour).
+   (:mod:`bench.run.engine`) runs all tasks' batches through the shared encoder in one pass for
+   every method (``train.forward=per_task`` keeps LibMTL's behaviour).
 9. ``AbsArchitecture.forward`` tests ``isinstance(s_rep, list) and not multi_input`` for "all
    tasks share one representation" — the condition is inverted. -> :class:`CompatArchitecture`
    computes it correctly.
@@ -226,7 +226,7 @@ class ArchitectureSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     #: encoder protocol the architecture needs ("any", "staged", "conv", "swin", "conv_or_swin";
-    #: the backbones each accepts: ``bench.method.ENCODER_BACKBONES``)
+    #: the backbones each accepts: ``bench.models.method.ENCODER_BACKBONES``)
     needs_encoder: str = "any"
     #: heterogeneity types it applies to (None: all)
     scenarios: tuple[str, ...] | None = None

@@ -1,7 +1,7 @@
 """Distributed backends of a sweep: the same plan on Dask, Ray or Slurm (through submitit).
 
 No scheduler of our own: each backend hands one task per pending run to an existing engine and
-yields the runs' summaries as they finish. Every task calls :func:`bench.sweep.run_one`, which
+yields the runs' summaries as they finish. Every task calls :func:`bench.run.worker.run_one`, which
 claims the run's lock and writes its record itself, so the one-record-per-run, atomic-write and
 lock semantics are those of a local sweep, and the results folder must be on a file system that
 all workers see (it is passed to them as an absolute path).
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.plan import RunSpec
+from bench.run.plan import RunSpec
 
 BACKENDS = ("local", "dask", "ray", "slurm")
 INSTALL_HINT = 'pip install "mtl-hetero-bench[distributed]"'
@@ -76,7 +76,7 @@ def _lost(run: RunSpec, backend: str, err: BaseException) -> dict[str, Any]:
 
 
 class Backend:
-    """Runs :func:`bench.sweep.run_one` for each run; ``run`` yields summaries as they end."""
+    """Runs :func:`bench.run.worker.run_one` for each run; ``run`` yields summaries as they end."""
 
     name = "base"
 
@@ -88,7 +88,7 @@ class Backend:
 # ---------------------------------------------------------------- Dask
 def _dask_task(run: RunSpec, results_dir: str, threads: int | None, progress: bool,
                env: dict[str, str] | None = None) -> dict[str, Any]:
-    from bench.sweep import run_one
+    from bench.run.worker import run_one
 
     _apply_env(env)
     if threads is None:  # a remote worker: split this machine's cores between its threads
@@ -143,7 +143,7 @@ class DaskBackend(Backend):
 # ---------------------------------------------------------------- Ray
 def _ray_task(run: RunSpec, results_dir: str, progress: bool,
               env: dict[str, str] | None = None) -> dict[str, Any]:
-    from bench.sweep import run_one
+    from bench.run.worker import run_one
 
     _apply_env(env)
     return run_one(run, results_dir, 1, progress)  # one CPU per task
@@ -255,7 +255,7 @@ def load_slurm_config(path: str | Path | None) -> dict[str, Any]:
 
 def _slurm_task(run: RunSpec, results_dir: str, threads: int, progress: bool,
                 env: dict[str, str] | None = None) -> dict[str, Any]:
-    from bench.sweep import run_one
+    from bench.run.worker import run_one
 
     _apply_env(env)
     return run_one(run, results_dir, threads, progress)
@@ -338,7 +338,7 @@ class SlurmBackend(Backend):
 
 def get_backend(name: str, jobs: int = 1, scheduler: str | None = None,
                 **slurm: Any) -> Backend:
-    """The backend called ``name`` (not ``local``: :func:`bench.sweep.execute` runs that)."""
+    """The backend called ``name`` (not ``local``: :func:`bench.run.sweep.execute` runs that)."""
     if name == "dask":
         return DaskBackend(jobs, scheduler)
     if name == "ray":

@@ -311,7 +311,7 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
 
 def _paper_tables(scenario: str, labels: set[str]) -> list[str]:
     """The papers' reported numbers (``bench/paper_results.json``) for the methods we ran."""
-    from bench import paper_results
+    from bench.report import paper_results
 
     out: list[str] = []
     sources = paper_results.load()["sources"]

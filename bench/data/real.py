@@ -9,7 +9,7 @@
 * **Downloads** (``bench data download NAME``, where a public URL exists): into ``<file>.part``,
   resumed with an HTTP ``Range`` request when interrupted (within the call, and by a later call),
   MD5-verified, then renamed into place; a file whose checksum does not match is deleted.
-* **Errors** are :class:`~bench.scenario.DataMissingError` with one line: what is missing, the
+* **Errors** are :class:`~bench.data.scenario.DataMissingError` with one line: what is missing, the
   expected layout and where to get it; the CLI prints it and exits with code 2 before any run.
 
 :class:`RealScenario` is the base class of the real-dataset scenario plugins.
@@ -30,11 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.scenario import DataMissingError, Scenario, ScenarioShape, TaskSpec
+from bench.data.scenario import DataMissingError, Scenario, ScenarioShape, TaskSpec
 
 if TYPE_CHECKING:
-    from bench.streaming import Key, LazySamples
-    from bench.transforms import ClassificationPipeline
+    from bench.data.streaming import Key, LazySamples
+    from bench.data.transforms import ClassificationPipeline
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 VERIFY_ENV = "BENCH_VERIFY_CHECKSUMS"
@@ -215,12 +215,12 @@ def find_dir(parent: Path, *names: str) -> Path | None:
 
 
 def image_files(paths: list[Path], pipeline: ClassificationPipeline, name: str) -> LazySamples:
-    """Image files read on demand through ``pipeline`` (:mod:`bench.transforms`): its
+    """Image files read on demand through ``pipeline`` (:mod:`bench.data.transforms`): its
     training-time augmentation when the engine passes a sample's key, else its test-time
     transform; ``(3, size, size)`` normalised floats."""
     from PIL import Image
 
-    from bench.streaming import LazySamples
+    from bench.data.streaming import LazySamples
 
     def read(i: int, key: Key | None) -> Any:
         try:
@@ -239,11 +239,11 @@ def field_samples(read: Callable[[int, str, Key | None], Any], n: int,
                   errors: tuple[type[Exception], ...] = (OSError, ValueError)
                   ) -> tuple[LazySamples, dict[str, LazySamples]]:
     """The ``n`` samples of a dense dataset whose image and label maps are separate files, one
-    :class:`~bench.streaming.LazySamples` per field of ``shapes``: ``read(i, field, key)`` reads
-    one field of sample ``i``; a read that raises one of ``errors`` becomes a one-line
+    :class:`~bench.data.streaming.LazySamples` per field of ``shapes``: ``read(i, field, key)``
+    reads one field of sample ``i``; a read that raises one of ``errors`` becomes a one-line
     :class:`DataMissingError` naming the field and ``sample_name(i)``. Returns the ``image``
     field and the others (the targets)."""
-    from bench.streaming import LazySamples
+    from bench.data.streaming import LazySamples
 
     def reader(field: str) -> Callable[[int, Key | None], Any]:
         def read_one(i: int, key: Key | None) -> Any:
@@ -466,8 +466,8 @@ class DomainBedScenario(RealScenario):
 
     Splits: each domain's images are split by a seeded permutation into 80 / 10 / 10 % train /
     val / test (MoLA does not publish its split; DomainBed holds out 20 %). Images are read
-    from disk batch by batch (:mod:`bench.streaming`; only the file list is held in memory)
-    through MoLA's reference pipeline (:data:`bench.transforms.DOMAINBED_CLIP`: random resized
+    from disk batch by batch (:mod:`bench.data.streaming`; only the file list is held in memory)
+    through MoLA's reference pipeline (:data:`bench.data.transforms.DOMAINBED_CLIP`: random resized
     crop 224, flip, colour jitter, grey p = 0.1 in training; short-side resize and centre crop
     at test; CLIP mean/std); ``smoke`` uses it at 32².
     """
@@ -524,12 +524,12 @@ class DomainBedScenario(RealScenario):
 
     def pipeline(self, profile: str) -> ClassificationPipeline:
         """MoLA's reference input pipeline; at 32² in the smoke profile."""
-        from bench.transforms import DOMAINBED_CLIP
+        from bench.data.transforms import DOMAINBED_CLIP
 
         return DOMAINBED_CLIP if profile == "paper" else replace(DOMAINBED_CLIP, size=32)
 
     def setup(self, profile: str) -> Any:
-        from bench.scenario import TrainingSetup
+        from bench.data.scenario import TrainingSetup
 
         self.check_profile(profile)
         if profile == "smoke":
@@ -544,7 +544,7 @@ class DomainBedScenario(RealScenario):
     def load(self, profile: str, data_root: Path | None = None) -> Any:
         import torch
 
-        from bench.scenario import ScenarioData, Split
+        from bench.data.scenario import ScenarioData, Split
 
         self.check_data(profile, data_root)
         cap = self.profile_caps[profile]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.registry import ablations
+from bench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,10 @@ class Ablation:
     description: str
     scenarios: tuple[str, ...]
     variants: tuple[tuple[str, str, dict[str, Any]], ...]
+
+
+#: the ablation presets (``python -m bench list ablations``)
+ablations: Registry[Ablation] = Registry("ablation")
 
 
 def register_ablation(name: str, description: str, scenarios: tuple[str, ...],

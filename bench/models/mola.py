@@ -15,7 +15,7 @@
   - ``"sum"`` — ``conv(x, W) + Σ_k α_k ⊙ conv(x, ΔW_k)``, computed as one convolution with the
     stacked weight ``[W; ΔW_1; ...; ΔW_K]`` (the "masked sum" when α is one-hot).
   - ``"auto"`` (default) — ``split`` for one-hot α, ``sum`` for soft α (the faster of ``grouped``
-    and ``sum`` in :func:`mola_conv_benchmark`).
+    and ``sum`` in :func:`bench.perf.mola_conv_benchmark`).
 * :class:`MoLALinear` — the same for an ``nn.Linear`` (the Transformer of §5.5, Table 8
   "ResNet vs Transformer"): ``A_k`` (r, C_in), ``B_k`` (C_out, r), ``W + Σ_k α_{n,k} B_k A_k ·
   alpha / r``. Its input may carry any number of token dimensions — ``(N, L, C)``, ``(N, H, W, C)``
@@ -37,7 +37,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.compat import CompatArchitecture
-from bench.perf import median_ms
+from bench.models.compat import CompatArchitecture
 
 Path = Literal["auto", "grouped", "split", "sum"]
 PATHS: tuple[str, ...] = ("auto", "grouped", "split", "sum")
@@ -373,7 +372,8 @@ def first_adapted_stage(encoder: nn.Module) -> int:
 def run_stages(encoder: nn.Module, x: torch.Tensor, start: int, stop: int | None = None
                ) -> torch.Tensor:
     """Run ``stem`` (when ``start == -1``) and ``stages[max(start,0):stop]`` of a staged encoder
-    (the encoder's own ``run_stages`` when it has one, e.g. :class:`bench.mtlora.SwinBackbone`)."""
+    (the encoder's own ``run_stages`` when it has one, e.g.
+    :class:`bench.models.mtlora.SwinBackbone`)."""
     own = getattr(encoder, "run_stages", None)
     if own is not None:
         return own(x, start, stop)
@@ -516,67 +516,3 @@ def pc_ratio(weight: torch.Tensor, factor: float = 0.99) -> float:
     cum = torch.cumsum(s, 0)
     k = int(torch.searchsorted(cum, factor * cum[-1]).item()) + 1
     return min(k, rank) / rank
-
-
-# ---- speed of the paths -------------------------------------------------------------------------
-def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256, size: int = 4,
-                        tasks: int = 4, threads: int = 2) -> list[dict[str, Any]]:
-    """Forward+backward time of one MoLA conv (3×3, ``channels``→``channels`` on ``size``² maps,
-    batch ``batch``, ``tasks`` adapters of rank 4) per path, as ratios to the plain conv.
-
-    On the project's shared 2-core CPU (noisy), the paper's groups=N path costs about 8-34x a
-    plain conv, the split-by-task path 0.8-2x, the masked sum 2-7x and the soft weighted sum
-    4-7x: hence ``"auto"`` = split for one-hot α and weighted sum for soft α."""
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        layer = MoLAConv2d(conv, tasks, rank=4)
-        with torch.no_grad():
-            layer.lora_B.normal_(0, 0.01, generator=gen)
-        x = torch.randn(batch, channels, size, size, generator=gen)
-        task_ids = torch.arange(batch) % tasks
-        grouped_ids = torch.sort(task_ids).values  # the engine's fused batches
-        soft = torch.softmax(torch.randn(batch, tasks, generator=gen), dim=1)
-        one_hot = F.one_hot(task_ids, tasks).float()
-
-        def step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-            def run() -> None:
-                layer.zero_grad(set_to_none=True)
-                xi = x.detach().requires_grad_(True)
-                fn(xi).square().mean().backward()
-            return run
-
-        cases: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
-            ("plain conv", lambda xi: layer._conv(xi, layer.base.weight)),
-            ("one-hot: grouped groups=N (paper)", lambda xi: layer.forward_grouped(xi, one_hot)),
-            ("one-hot: split by task (rows interleaved)",
-             lambda xi: layer.forward_split(xi, task_ids)),
-            ("one-hot: split by task (rows grouped)",
-             lambda xi: layer.forward_split(xi, grouped_ids)),
-            ("one-hot: masked sum", lambda xi: layer.forward_sum(xi, one_hot)),
-            ("soft: grouped groups=N (paper)", lambda xi: layer.forward_grouped(xi, soft)),
-            ("soft: weighted sum", lambda xi: layer.forward_sum(xi, soft)),
-        ]
-        rows: list[dict[str, Any]] = []
-        base_ms = 0.0
-        for name, fn in cases:
-            ms = median_ms(step(fn), repeats)
-            base_ms = base_ms or ms
-            rows.append({"benchmark": f"MoLA conv fwd+bwd, batch {batch}, {channels}->{channels} "
-                                      f"3x3 on {size}x{size}, {tasks} tasks, {threads} threads",
-                         "path": name, "ms": ms, "ratio": ms / base_ms})
-        return rows
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def main(repeats: int = 5) -> int:
-    for row in mola_conv_benchmark(repeats):
-        print(f"{row['path']:<42} {row['ms']:9.1f} ms  x{row['ratio']:.2f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

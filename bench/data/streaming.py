@@ -11,7 +11,7 @@ order stays the seeded order of an in-memory run.
 
 * ``BENCH_LOADER_THREADS`` sets the decoding threads per process (default: the number of
   cores, at most 8).
-* A sample that cannot be read raises :class:`~bench.scenario.DataMissingError` naming it.
+* A sample that cannot be read raises :class:`~bench.data.scenario.DataMissingError` naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from bench.scenario import DataMissingError
+from bench.data.scenario import DataMissingError
 
 THREADS_ENV = "BENCH_LOADER_THREADS"
 T = TypeVar("T")
@@ -104,7 +104,7 @@ class LazySamples:
 
     ``read_batch(positions, keys)`` returns the stacked samples at ``positions`` (ints in
     ``range(n)``); ``keys`` is None (evaluation) or one augmentation key per position (training:
-    :mod:`bench.transforms` draws the sample's random transform from it). Build one with
+    :mod:`bench.data.transforms` draws the sample's random transform from it). Build one with
     :meth:`per_sample` (a file per sample, read in the decoding pool) or :meth:`from_array` (an
     in-memory array converted batch by batch). ``x[index]`` behaves like indexing a tensor of
     shape ``(n, *sample_shape)``; :meth:`take` with keys gives the training view;

@@ -34,17 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.method import (
+from bench.data.metrics import METRICS, task_loss
+from bench.data.scenario import Scenario, ScenarioData, Split, TrainingSetup
+from bench.data.streaming import is_lazy, prefetched, take
+from bench.models.method import (
     MethodSpec,
     build_model,
     check_compatible,
     count_parameters,
-    resolve_run_method,
 )
-from bench.metrics import METRICS, task_loss
 from bench.registry import scenarios
-from bench.scenario import Scenario, ScenarioData, Split, TrainingSetup
-from bench.streaming import is_lazy, prefetched, take
+from bench.run.plan import RunSpec
 
 
 class DivergedError(RuntimeError):
@@ -80,11 +80,6 @@ def default_device() -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def training_setup(scenario: Scenario, profile: str, spec: MethodSpec) -> TrainingSetup:
-    setup = scenario.setup(profile)
-    return replace(setup, **spec.training_overrides) if spec.training_overrides else setup
 
 
 class TaskSampler:
@@ -172,7 +167,7 @@ def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]
     """The CPU tensors of one training batch: the inputs (one tensor, or one per task in
     multi-input scenarios) and each task's targets. Streamed splits read them here; with
     ``augment`` (the run's seed and the step), sample ``j`` of task ``t`` is augmented with the
-    key ``(*augment, t, j)`` — shared by its input and targets (:mod:`bench.transforms`)."""
+    key ``(*augment, t, j)`` — shared by its input and targets (:mod:`bench.data.transforms`)."""
     names = data.task_names
 
     def keys(t: int, count: int) -> list[tuple[int, ...]] | None:
@@ -414,31 +409,29 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
                      breakdown, forward_mode, history, [t.describe() for t in data.tasks])
 
 
-def run_config(config: dict[str, Any], progress: Callable[[int, int], None] | None = None
+def run_config(run: RunSpec, progress: Callable[[int, int], None] | None = None
                ) -> tuple[RunResult, float]:
-    """Train the run described by a plan entry (see :mod:`bench.plan`)."""
-    spec = resolve_run_method(config["method"], config.get("overrides"), config["profile"])
-    scenario: Scenario = scenarios.get(config["scenario"])()
-    data = load_scenario(config["scenario"], config["profile"])
-    setup = training_setup(scenario, config["profile"], spec)
+    """Train the resolved run ``run`` (:class:`bench.run.plan.RunSpec`); returns the result and
+    the training wall time in seconds."""
+    scenario: Scenario = scenarios.get(run.scenario)()
+    data = load_scenario(run.scenario, run.profile)
     start = time.perf_counter()
-    result = train(spec, scenario, data, setup, int(config["seed"]), progress)
+    result = train(run.method_spec, scenario, data, run.training, run.seed, progress)
     return result, time.perf_counter() - start
 
 
 PARAM_SCALING_TASKS = (2, 4, 6, 8, 10)
 
 
-def param_scaling(config: dict[str, Any], task_counts: tuple[int, ...] = PARAM_SCALING_TASKS
+def param_scaling(run: RunSpec, task_counts: tuple[int, ...] = PARAM_SCALING_TASKS
                   ) -> dict[str, int]:
     """Trainable parameters of the run's method built for ``T`` copies of the scenario's first
     task, for each ``T`` in ``task_counts`` (the x-axis of MoLA Fig. 5)."""
-    spec = resolve_run_method(config["method"], config.get("overrides"), config["profile"])
-    data = load_scenario(config["scenario"], config["profile"])
+    data = load_scenario(run.scenario, run.profile)
     out: dict[str, int] = {}
     first = data.tasks[0]
     for count in task_counts:
         tasks = tuple(replace(first, name=f"task{i}") for i in range(count))
         clone = replace(data, tasks=tasks)
-        out[str(count)] = count_parameters(build_model(spec, clone))[0]
+        out[str(count)] = count_parameters(build_model(run.method_spec, clone))[0]
     return out

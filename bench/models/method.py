@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbones import WEIGHT_KWARGS, backbones, build_backbone
-from bench.compat import ArchitectureSpec, WeightingSpec
-from bench.heads import ClassificationHead, DenseHead
-from bench.registry import UnknownNameError, architectures, methods, weightings
-from bench.scenario import (
+from bench.data.scenario import (
     HETEROGENEITY_LABELS,
     Scenario,
     ScenarioData,
     TaskSpec,
     is_dense,
 )
+from bench.models.backbones import WEIGHT_KWARGS, backbones, build_backbone
+from bench.models.compat import ArchitectureSpec, WeightingSpec
+from bench.models.heads import ClassificationHead, DenseHead
+from bench.registry import UnknownNameError, architectures, methods, weightings
 
 #: backbones that satisfy an architecture's ``needs_encoder`` ("any": every backbone)
 CONV_BACKBONES: tuple[str, ...] = ("resnet", "resnet18", "timm_resnet18")
@@ -64,6 +64,18 @@ class MethodSpec:
     backbone: str | None = None
     #: backbone keyword overrides (``backbone.NAME``), applied over the resolved ones
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_identity(cls, name: str, identity: dict[str, Any]) -> MethodSpec:
+        """The method a run config's ``method_identity`` describes (every keyword resolved):
+        ``spec.identity()`` round-trips, so the run's config hash is unchanged."""
+        return cls(name=name, architecture=identity["architecture"],
+                   weighting=identity["weighting"], arch_kwargs=dict(identity["arch_kwargs"]),
+                   weighting_kwargs=dict(identity["weighting_kwargs"]),
+                   rep_grad=bool(identity["rep_grad"]),
+                   training_overrides=dict(identity.get("training_overrides") or {}),
+                   backbone=identity.get("backbone"),
+                   backbone_kwargs=dict(identity.get("backbone_kwargs") or {}))
 
     @property
     def arch_spec(self) -> ArchitectureSpec:

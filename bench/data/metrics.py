@@ -4,7 +4,7 @@ A scenario's task lists metric names from :data:`METRICS`; the first one is the 
 metric. Accumulators are updated batch by batch and computed once, so evaluation never holds all
 predictions in memory.
 
-Task kinds (:data:`bench.scenario.TaskKind`) and their losses:
+Task kinds (:data:`bench.data.scenario.TaskKind`) and their losses:
 
 * ``classification`` — cross-entropy; ``segmentation`` — per-pixel cross-entropy (ignore -1);
   ``regression`` — L1;

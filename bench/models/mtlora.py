@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import PRETRAINED, backbones, timm_pretrained_state
-from bench.compat import CompatArchitecture
-from bench.scenario import TaskSpec, is_dense
+from bench.data.scenario import TaskSpec, is_dense
+from bench.models.backbones import PRETRAINED, backbones, timm_pretrained_state
+from bench.models.compat import CompatArchitecture
 
 
 class MTLoRALinear(nn.Module):

@@ -1,0 +1,85 @@
+"""Execute a plan: skip runs whose record exists, run the rest, one record each.
+
+Each worker writes its own record as soon as its run ends (:func:`bench.run.worker.run_one`), so
+interrupting a sweep loses only the runs in flight; running the same command again resumes.
+``execute`` runs the pending runs locally (joblib) or on a distributed engine
+(:mod:`bench.run.backends`: Dask, Ray, Slurm through submitit).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import find_record
+from bench.run.backends import get_backend
+from bench.run.plan import RunSpec
+from bench.run.worker import run_one
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    already_done: int
+    results: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r["status"] == status)
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r["status"] == "failed"]
+
+
+def pending(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
+    return [r for r in runs if find_record(results_dir, r.profile, r.scenario, r.display, r.seed,
+                                           r.config_hash) is None]
+
+
+def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
+            on_result: Callable[[dict[str, Any]], None] | None = None,
+            backend: Any = "local", backend_options: dict[str, Any] | None = None,
+            progress_runs: bool = False) -> SweepSummary:
+    """Run every pending run of ``runs``: with ``jobs`` joblib workers (``backend="local"``) or
+    on a distributed engine (``"dask"``, ``"ray"``, ``"slurm"`` with ``backend_options``, or a
+    :class:`bench.run.backends.Backend` instance; see :mod:`bench.run.backends`)."""
+    todo = pending(runs, results_dir)
+    summary = SweepSummary(total=len(runs), already_done=len(runs) - len(todo))
+    start = time.perf_counter()
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(jobs, 1))
+
+    def collect(res: dict[str, Any]) -> None:
+        summary.results.append(res)
+        if on_result:
+            on_result(res)
+
+    if backend != "local":
+        engine = (get_backend(backend, jobs=jobs, **(backend_options or {}))
+                  if isinstance(backend, str) else backend)
+        for res in engine.run(todo, str(Path(results_dir).resolve()), progress_runs):
+            collect(res)
+    elif jobs <= 1 or len(todo) <= 1:
+        import torch
+
+        previous = torch.get_num_threads()
+        try:
+            for run in todo:
+                collect(run_one(run, str(results_dir), threads if jobs > 1 else None,
+                                progress_runs))
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
+        for res in parallel(delayed(run_one)(run, str(results_dir), threads, progress_runs)
+                            for run in todo):
+            collect(res)
+    summary.wall_time_s = time.perf_counter() - start
+    return summary

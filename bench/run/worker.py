@@ -1,0 +1,164 @@
+"""One run in a worker process: claim its lock, train it, write its record atomically.
+
+Every backend (local joblib, Dask, Ray, Slurm) calls :func:`run_one`, so records, resume and
+locking are the same everywhere. A record that cannot be written (e.g. a full disk) leaves no
+partial file; the summary then says ``failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.records import find_record, record_path, write_json_atomic
+from bench.run.locks import claim, release, remove_orphan_temp_files
+from bench.run.plan import RunSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("LibMTL", "timm", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "absent"
+    out["git_commit"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Train one run in this process and write its record; returns a short summary.
+
+    ``threads`` sets torch's intra-op threads; ``progress`` shows a per-run step bar on stderr.
+    A record that cannot be written (e.g. a full disk) leaves no partial file; the summary then
+    says ``failed`` with the error.
+    """
+    import torch
+
+    from bench.run.engine import DivergedError, param_scaling, run_config
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg_hash = run.config_hash
+    path = record_path(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                       cfg_hash)
+    lock = path.with_name(path.name + ".lock")
+    short = {"label": run.display, "scenario": run.scenario, "seed": run.seed}
+
+    def done() -> bool:
+        return find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                           cfg_hash) is not None
+
+    if done():
+        return {"status": "skipped", **short}
+    try:
+        claimed = claim(lock)
+    except OSError as err:  # e.g. a full disk or a read-only results folder
+        return {"status": "failed", **short, "wall_time_s": None,
+                "error": f"cannot create the run's lock ({type(err).__name__}: {err})"}
+    if not claimed:
+        return {"status": "busy", **short}
+    try:
+        if done():  # finished by another sweep between the check and the claim
+            return {"status": "skipped", **short}
+        remove_orphan_temp_files(path)
+        record: dict[str, Any] = {
+            "kind": "run",
+            "method": run.method,
+            "label": run.display,
+            "ablation": run.ablation,
+            "scenario": run.scenario,
+            "seed": run.seed,
+            "profile": run.profile,
+            "config": run.config,
+            "config_hash": cfg_hash,
+            "versions": versions(),
+            "host": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+            "metrics": {},
+            "trainable_params": None,
+            "total_params": None,
+            "wall_time_s": None,
+        }
+        start = time.perf_counter()
+        try:
+            with _step_bar(run, progress) as step_cb:
+                result, wall = run_config(run, step_cb)
+            record.update(
+                status="ok",
+                metrics={"val": result.val_metrics, "test": result.test_metrics},
+                best_epoch=result.best_epoch,
+                epochs=result.epochs,
+                steps=result.steps,
+                trainable_params=result.trainable_params,
+                total_params=result.total_params,
+                param_breakdown=result.param_breakdown,
+                forward_mode=result.forward_mode,
+                history=result.history,
+                tasks=result.tasks,
+                wall_time_s=round(wall, 3),
+                param_scaling=param_scaling(run),
+            )
+        except DivergedError as err:
+            record.update(status="diverged", diverged_at_step=err.step, error=str(err),
+                          wall_time_s=round(time.perf_counter() - start, 3))
+        except Exception as err:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+            record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc(limit=20),
+                          wall_time_s=round(time.perf_counter() - start, 3))
+        try:
+            write_json_atomic(path, record)
+        except OSError as err:  # e.g. ENOSPC: nothing partial is left, the sweep goes on
+            return {"status": "failed", **short, "wall_time_s": record["wall_time_s"],
+                    "error": f"record not written ({type(err).__name__}: {err}); "
+                             f"the run itself ended {record['status']}"}
+        return {"status": record["status"], **short, "error": record.get("error"),
+                "diverged_at_step": record.get("diverged_at_step"),
+                "wall_time_s": record["wall_time_s"]}
+    finally:
+        release(lock)
+
+
+@contextlib.contextmanager
+def _step_bar(run: RunSpec, enabled: bool) -> Any:
+    """A tqdm bar of the run's training steps on stderr (``--progress-runs``), else nothing."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"{run.display}/{run.scenario}/seed{run.seed}", unit="step", leave=False,
+               dynamic_ncols=True, file=sys.stderr)
+
+    def callback(step: int, total: int) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    try:
+        yield callback
+    finally:
+        bar.close()
