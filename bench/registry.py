@@ -1,10 +1,13 @@
 """timm-style registries: ``register`` / ``create`` / ``list`` with glob patterns.
 
-Plugins are plain ``.py`` files in the repository's ``methods/`` and ``datasets/`` folders (or in
-extra folders named by ``$BENCH_PLUGIN_PATH``), plus anything registered through the entry-point
-groups ``mtl_bench.methods`` and ``mtl_bench.scenarios``. Plugin files are imported under a private
+Plugins are plain ``.py`` files in the repository's ``methods/`` and ``datasets/`` folders
+(shipped inside an installed distribution as ``bench/methods`` and ``bench/datasets``), in extra
+folders named by ``$BENCH_PLUGIN_PATH``, plus anything registered through the entry-point groups
+``mtl_bench.methods`` and ``mtl_bench.scenarios``. Plugin files are imported under a private
 module prefix (``bench_plugins.<folder>.<file>``), so the repository's ``datasets/`` folder never
 claims the import name ``datasets`` (the Hugging Face library keeps it).
+
+This module imports no other module of ``bench``: every stage may use the registries.
 """
 
 from __future__ import annotations
@@ -116,8 +119,22 @@ _LOADED: set[Path] = set()
 _ENTRY_POINTS_LOADED = False
 
 
+def builtin_plugin_dirs() -> list[Path]:
+    """The built-in ``methods/`` and ``datasets/`` folders: inside the installed package
+    (``bench/methods``, ``bench/datasets`` in a wheel), else beside it in a source checkout."""
+    package = Path(__file__).resolve().parent
+    dirs = []
+    for folder in PLUGIN_FOLDERS:
+        if (package / folder).is_dir():
+            dirs.append(package / folder)
+        elif (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / folder).is_dir():
+            dirs.append(REPO_ROOT / folder)
+    return dirs
+
+
 def plugin_dirs() -> list[Path]:
-    dirs = [REPO_ROOT / folder for folder in PLUGIN_FOLDERS]
+    """Where plugin files are loaded from: the built-in folders, then ``$BENCH_PLUGIN_PATH``."""
+    dirs = builtin_plugin_dirs()
     extra = os.environ.get(PLUGIN_PATH_ENV, "")
     dirs += [Path(p) for p in extra.split(os.pathsep) if p]
     return dirs
