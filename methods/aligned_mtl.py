@@ -34,7 +34,7 @@ class AlignedMTL(TorchJDWeighting):
     """``(B 1) @ G`` with the balance transformation ``B`` (torchjd's ``AlignedMTL``)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDAlignedMTL:
-        return TorchJDAlignedMTL(pref_vector=torch.ones(rows, dtype=torch.float64),
+        return TorchJDAlignedMTL(pref_vector=torch.ones(rows),
                                  scale_mode=str(kwargs["scale_mode"]))  # type: ignore[arg-type]
 
 

@@ -22,7 +22,10 @@ def task_weights(weights: Any, task_num: int) -> np.ndarray:
     """The ``weights`` keyword as ``T`` floats (``None``: ones); a clear error otherwise."""
     if weights is None:
         return np.ones(task_num)
-    values = np.asarray(weights, dtype=np.float64).reshape(-1)
+    try:
+        values = np.asarray(weights, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        values = np.full(0, np.nan)
     if values.shape != (task_num,) or not np.isfinite(values).all() or (values < 0).any():
         raise ValueError(f"linear_scalarization: weighting.weights must be {task_num} "
                          f"non-negative numbers (one per task), got {weights!r}")

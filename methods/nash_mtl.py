@@ -22,22 +22,48 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torchjd.aggregation import NashMTL as TorchJDNashMTL
+from torchjd.aggregation import WeightedAggregator, Weighting
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
 
 
 class NashMTL(TorchJDWeighting):
-    """``G^T alpha`` with ``G G^T alpha = 1 / alpha`` (torchjd's ``NashMTL``)."""
+    """``G^T alpha`` with ``G G^T alpha = 1 / alpha`` (torchjd's ``NashMTL``).
+
+    One present task: torchjd's cvxpy problem cannot be built for one task; the solution is
+    closed-form, ``alpha = 1 / ||g||`` (then the norm clipping), so ``d = g / ||g||``.
+    """
 
     quiet_warnings = ("You are solving a parameterized problem that is not DPP",
                       "divide by zero", "invalid value")
 
-    def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDNashMTL:
+    def make_aggregator(self, rows: int, **kwargs: Any) -> WeightedAggregator:
+        if rows == 1:
+            return _OneTask(float(kwargs["max_norm"]))
         return TorchJDNashMTL(n_tasks=rows, max_norm=float(kwargs["max_norm"]),
                               update_weights_every=int(kwargs["update_weights_every"]),
                               optim_niter=int(kwargs["optim_niter"]))
+
+
+class _OneTaskWeighting(Weighting):
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = max_norm
+
+    def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
+        norm = matrix.norm()
+        alpha = 1.0 / norm if float(norm) > 0 else torch.zeros((), dtype=matrix.dtype)
+        if self.max_norm > 0 and float(alpha * norm) > self.max_norm:  # the same clipping
+            alpha = alpha * self.max_norm / (alpha * norm)
+        return alpha.reshape(1).to(matrix)
+
+
+class _OneTask(WeightedAggregator):
+    def __init__(self, max_norm: float) -> None:
+        super().__init__(_OneTaskWeighting(max_norm))
 
 
 register_weighting("nash_mtl", NashMTL,

@@ -22,9 +22,12 @@ A torchjd :class:`~torchjd.aggregation.Aggregator` maps the ``T x D`` matrix of 
 Task-specific parameters (decoders) keep the gradient of their own unweighted loss ``L_t``, as for
 every gradient weighting of LibMTL 1.1.5 (``_compute_grad(mode="backward")`` accumulates them).
 
-For aggregators that weight the rows from their Gramian (UPGrad, DualProj, Aligned-MTL, FairGrad,
-IMTL-G, MGDA, CAGrad, PCGrad) the ``T x T`` Gramian is formed in float64 before the weighting is
-called; the update is ``weights @ matrix`` exactly as torchjd's ``WeightedAggregator`` does.
+For weighted aggregators (UPGrad, DualProj, Aligned-MTL, FairGrad, Nash-MTL, SDMGrad, IMTL-G,
+MGDA, CAGrad, PCGrad) the weights come from the aggregator's own weighting on the matrix as given
+(float32, like torchjd and the official codes: rank cut-offs such as Aligned-MTL's
+``max(lambda) T eps`` and pseudo-inverses depend on the dtype's epsilon, and a float64 Gramian of
+float32 gradients would keep their rounding noise as a direction) and the update is
+``weights @ matrix``, exactly what torchjd's ``WeightedAggregator.forward`` computes.
 
 Also here: :func:`present_losses`, the same absent-task rule for weightings that see only losses.
 """
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchjd.aggregation import Aggregator, GramianWeightedAggregator, WeightedAggregator
+from torchjd.aggregation import Aggregator, WeightedAggregator
 
 from bench.compat import CompatWeighting
 
@@ -56,11 +59,7 @@ def aggregate(aggregator: Aggregator, matrix: torch.Tensor
     """``(update, weights)`` of ``aggregator`` on ``matrix``; ``weights`` is ``None`` for
     aggregators that are not a weighted combination of the rows (ConFIG, GradDrop)."""
     with torch.no_grad():
-        if isinstance(aggregator, GramianWeightedAggregator):
-            gramian = matrix.double() @ matrix.double().T
-            weights = aggregator.gramian_weighting(gramian).to(matrix.dtype)
-            return weights @ matrix, weights
-        if isinstance(aggregator, WeightedAggregator):
+        if isinstance(aggregator, WeightedAggregator):  # and GramianWeightedAggregator
             weights = aggregator.weighting(matrix).to(matrix.dtype)
             return weights @ matrix, weights
         return aggregator(matrix), None
