@@ -56,7 +56,7 @@ RANK_DEFICIENT = {
 }
 
 
-@pytest.mark.parametrize("name", (*GRADIENT_WEIGHTINGS, *LOSS_WEIGHTINGS))
+@pytest.mark.parametrize("name", (*GRADIENT_WEIGHTINGS, *LOSS_WEIGHTINGS, "mgda", "imtl"))
 @pytest.mark.parametrize("absent", [(0,), (2,), (3,), (0, 1, 3)])
 def test_absent_task_is_as_if_not_there(name: str, absent: tuple[int, ...]) -> None:
     grads, values = GRADS.clone(), VALUES.clone()
