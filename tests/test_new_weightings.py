@@ -269,3 +269,42 @@ def test_pooled_batches_with_missing_tasks_train(name: str, tiny_scenario) -> No
     for task_metrics in result.test_metrics.values():
         assert all(math.isfinite(v) for v in task_metrics.values())
     assert all(math.isfinite(h["val_score"]) for h in result.history)
+
+
+def _engine_patched() -> bool:
+    import bench.engine
+
+    return hasattr(bench.engine, "WeightTrajectory")
+
+
+@pytest.mark.skipif(not _engine_patched(), reason="ENGINE_PATCH.md not applied to bench/engine.py")
+@pytest.mark.parametrize("kind", ["multi_input", "single_input"])
+def test_engine_calls_after_step_and_logs_task_weights(kind: str, tiny_scenario,
+                                                       monkeypatch) -> None:
+    """With the engine patch: FAMO's logits learn from the same batch's losses after every
+    step, and each epoch's history holds the mean/min/max of the returned task weights."""
+    scenario, data = tiny_scenario(kind)
+    calls: list[torch.Tensor] = []
+    famo = weightings.get("famo").cls
+    original = famo.after_step
+
+    logits: list[torch.Tensor] = []
+
+    def spy(self, losses_after: torch.Tensor) -> None:
+        calls.append(losses_after.clone())
+        original(self, losses_after)
+        logits.append(self.famo_logits)
+
+    monkeypatch.setattr(famo, "after_step", spy)
+    result = train(resolve_method("famo"), scenario, data, replace(data.training, epochs=2),
+                   seed=0)
+    assert len(calls) == result.steps and all(c.shape == (len(data.tasks),) for c in calls)
+    for entry in result.history:
+        summary = entry["task_weights"]
+        assert set(summary) == {"mean", "min", "max"}
+        assert all(len(v) == len(data.tasks) for v in summary.values())
+        assert all(lo <= m <= hi for lo, m, hi in zip(summary["min"], summary["mean"],
+                                                       summary["max"]))
+    assert not torch.equal(logits[-1], torch.zeros(len(data.tasks)))  # the logits learnt
+    hps = train(resolve_method("hps"), scenario, data, data.training, seed=0)
+    assert hps.history[0]["task_weights"]["mean"] == [1.0] * len(data.tasks)
