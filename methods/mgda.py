@@ -16,6 +16,10 @@ returns the last iterate.
   representation tensors (per-task forward, MMoE gates), ``Z`` is their concatenation, so the Gram
   matrix is diagonal.
 
+Absent tasks (a zero gradient row: no sample of the task in a pooled batch) are left out of the
+min-norm problem (with ``rep_grad=False``; representation gradients are refused on pooled
+batches): a zero row is the min-norm point and would make the update zero.
+
 ``mgda_gn`` normalises the gradients before solving (official code, LibMTL): ``none`` (default),
 ``l2`` (``||g_t||``), ``loss`` (``L_t``), ``loss+`` (``L_t ||g_t||``); the update is
 ``sum_t alpha_t g_t / n_t`` (normalised gradients, as LibMTL's non-rep path; in both modes).
@@ -105,7 +109,13 @@ class MGDA(CompatWeighting):
             grads = self._compute_grad(losses, mode="backward")  # (T, D)
             gn = gradient_normalizers(grads.norm(dim=1), loss_data, kind).clamp_min(1e-12)
             grads = grads / gn[:, None]
-            alpha, _, _ = min_norm_weights((grads @ grads.t()).double().cpu().numpy())
+            # an absent task (pooled batch: zero gradient row) would be the min-norm point
+            present = (grads != 0).any(dim=1)
+            alpha = np.zeros(self.task_num)
+            if bool(present.any()):
+                sub = grads[present]
+                alpha[present.cpu().numpy()] = min_norm_weights(
+                    (sub @ sub.t()).double().cpu().numpy())[0]
             weights = torch.as_tensor(alpha, dtype=grads.dtype, device=grads.device)
             self._reset_grad(weights @ grads)
             return alpha

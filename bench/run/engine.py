@@ -302,14 +302,41 @@ def epoch_steps(train_sizes: list[int], batch_size: int, multi_input: bool,
 
 
 def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any]
-                  ) -> None:
+                  ) -> Any:
     """Backpropagate one step: the model's auxiliary loss if it has one (MoLA-Router's TwD),
     then the task losses through the method's weighting (T backward passes for weightings that
-    need per-task gradients)."""
+    need per-task gradients). Returns what the weighting's ``backward`` returns (its task
+    weights of this step, or ``None``)."""
     aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
     if aux is not None:
         aux.backward(retain_graph=True)
-    model.backward(losses, **weighting_kwargs)
+    return model.backward(losses, **weighting_kwargs)
+
+
+class WeightTrajectory:
+    """Per-epoch summary of the task weights a weighting's ``backward`` returns at every step
+    (``None`` steps are skipped): ``{"mean", "min", "max"}``, one value per task, rounded to 6
+    significant digits — a compact trajectory in the run's history."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+
+    def add(self, weights: Any) -> None:
+        if weights is None:
+            return
+        row = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if np.isfinite(row).all():
+            self.rows.append(row)
+
+    def close(self) -> dict[str, list[float]] | None:
+        """The summary of the epoch's steps (``None`` if no step returned weights); resets."""
+        if not self.rows or len({len(r) for r in self.rows}) != 1:
+            self.rows = []
+            return None
+        table = np.stack(self.rows)
+        self.rows = []
+        return {key: [float(f"{v:.6g}") for v in fn(table, axis=0)]
+                for key, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))}
 
 
 @dataclass
@@ -360,6 +387,9 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     step = 0
     total_steps = steps_per_epoch * setup.epochs
     streamed = is_streamed(data.train)
+    # weightings that learn from the same batch's losses after the step (FAMO)
+    after_step = bool(getattr(model, "needs_losses_after_step", False))
+    trajectory = WeightTrajectory()
 
     def epoch_batches(epoch: int) -> Iterator[Callable[[], Batch]]:
         """One epoch's batch fetches; the indices are drawn when the fetch is created, and
@@ -382,10 +412,16 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
-            backward_step(model, losses, weighting_kwargs)
+            trajectory.add(backward_step(model, losses, weighting_kwargs))
             if setup.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, setup.grad_clip)
             optimizer.step()
+            if after_step:  # the same batch again, in training mode (FAMO's official code)
+                with torch.no_grad():
+                    losses_after, _ = batch_losses(model, data, batch, fused, setup.loss_share)
+                if not torch.isfinite(losses_after).all():
+                    raise DivergedError(step, [float(v) for v in losses_after])
+                model.after_step(losses_after)
             step += 1
             if progress is not None:
                 progress(step, total_steps)
@@ -399,6 +435,9 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         val_loss = float(np.mean([v / r for v, r in zip(task_losses, reference)]))
         history.append({"epoch": epoch, "val_score": round(val_loss, 6),
                         "val_task_losses": [round(v, 6) for v in task_losses]})
+        weights_summary = trajectory.close()
+        if weights_summary is not None:
+            history[-1]["task_weights"] = weights_summary
         if val_loss < best_loss:
             best_loss, best_epoch, best_val = val_loss, epoch, val_metrics
             best_state = copy.deepcopy(model.state_dict())
