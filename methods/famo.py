@@ -16,7 +16,8 @@ Defaults ``w_lr = 0.025`` and ``gamma = 1e-3`` (the paper's Algorithm 2, LibMTL'
 
 Engine contract: ``needs_losses_after_step = True``; the engine calls
 :meth:`FAMO.after_step` with the task losses recomputed on the same batch after
-``optimizer.step()`` (``ENGINE_PATCH.md``). Without that call the logits stay at 0 (the update is
+``optimizer.step()`` (README, "Add a method": weightings that learn after the step). Without
+that call the logits stay at 0 (the update is
 the ``z = 1/T`` one). Own implementation (torchjd 0.18 has ``torchjd.scalarization.FAMO``; ours
 gives the same loss, gradients and logits when every task is present — tested) because an
 absent task (loss exactly 0) would get ``log(eps)`` and ``c -> 0``: a silent zero update. Here

@@ -14,11 +14,11 @@ times ``T``:
   maximum subtracted, as the official code).
 
 Defaults ``mu = 1.0``, ``warmup_epochs = 4`` (LibMTL's ``STCH_mu``, ``STCH_warmup_epoch``). The
-epoch comes from :class:`bench.compat.EpochLossTracker` (fix 12); the nadir sums and counts live
-on the weighting object. Own implementation (torchjd's ``torchjd.scalarization.STCH`` with
-``weights = 1`` gives ``1/T`` of our loss on the same ``f`` — tested). An absent task (loss
-exactly 0) is left out of the sums and out of its nadir mean; a task absent for the whole
-nadir epoch gets ``n_t = 1``.
+epoch comes from :class:`bench.models.compat.EpochLossTracker` (fix 12); the nadir sums and
+counts live on the weighting object. Own implementation (torchjd's
+``torchjd.scalarization.STCH`` with ``weights = 1`` gives ``1/T`` of our loss on the same ``f``
+— tested). An absent task (loss exactly 0) is left out of the sums and out of its nadir mean; a
+task absent for the whole nadir epoch gets ``n_t = 1``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.compat import EpochLossTracker
+from bench.models.compat import EpochLossTracker
 from bench.models.torchjd_weighting import present_losses
 
 

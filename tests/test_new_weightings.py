@@ -20,9 +20,9 @@ import torch
 from torchjd.aggregation import AlignedMTLWeighting
 from weighting_probe import make_probe, step
 
-from bench.engine import train
-from bench.method import resolve_method
+from bench.models.method import resolve_method
 from bench.registry import weightings
+from bench.run.engine import train
 
 torch.set_num_threads(1)
 
@@ -272,9 +272,9 @@ def test_pooled_batches_with_missing_tasks_train(name: str, tiny_scenario) -> No
 
 
 def _engine_patched() -> bool:
-    import bench.engine
+    import bench.run.engine
 
-    return hasattr(bench.engine, "WeightTrajectory")
+    return hasattr(bench.run.engine, "WeightTrajectory")
 
 
 @pytest.mark.skipif(not _engine_patched(), reason="ENGINE_PATCH.md not applied to bench/engine.py")

@@ -175,6 +175,31 @@ def test_plugin_file_in_extra_folder_runs_through_a_sweep(tmp_path: Path, monkey
     assert [r["method"] for r in records] == ["hps_mean"]
 
 
+def test_the_readme_stateful_weighting_example_runs_through_a_sweep(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The README's complete example of the weighting contract (state on the weighting,
+    ``after_step``, returned weights) is copied from the README itself, so the README stays
+    true: it trains, its weights move, and the record holds their per-epoch trajectory."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = readme[readme.index("a weighting that learns from the loss decrease"):]
+    code = after[after.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    plugins = tmp_path / "readme_example"
+    plugins.mkdir()
+    (plugins / "slowest_first.py").write_text(code)
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
+    assert main(["run", "--method", "hps_slowest_first", "--scenario", SCENARIO, "--seeds", "0",
+                 "--profile", "smoke", "--jobs", "1", "--results-dir", str(tmp_path / "r"),
+                 "--no-leaderboard"]) == 0
+    (record,), _ = load_records(tmp_path / "r")
+    assert record["status"] == "ok"
+    trajectory = [h["task_weights"] for h in record["history"]]
+    assert len(trajectory) == record["epochs"]
+    first, last = trajectory[0]["mean"], trajectory[-1]["mean"]
+    assert len(first) == len(record["tasks"]) and first != last  # the weights learnt
+    assert sum(last) == pytest.approx(len(last), rel=1e-4)  # T · softmax
+
+
 def test_leaderboard_with_no_records(tmp_path: Path) -> None:
     text, bad = render(tmp_path / "empty", tmp_path / "lb.md")
     assert "No records yet" in text and not bad

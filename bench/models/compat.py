@@ -93,9 +93,18 @@ class CompatWeighting(AbsWeighting):
     #: whether ``backward`` needs one gradient per task of the shared parameters (or of the
     #: representation), i.e. T backward passes per step (documentation and cost estimates).
     needs_task_gradients: bool = True
+    #: whether the engine calls :meth:`after_step` after every optimizer step (FAMO)
+    needs_losses_after_step: bool = False
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:  # fix 7
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray | None:  # fix 7
+        """Backpropagate the step's task losses ``(T,)`` (an absent task's is an exact 0 on the
+        graph); return this step's task weights (logged per epoch in the record's history as
+        mean/min/max), or ``None``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def after_step(self, losses_after: torch.Tensor) -> None:
+        """With ``needs_losses_after_step``: the same batch's task losses ``(T,)``, detached,
+        recomputed after ``optimizer.step()`` (same loss scaling, absent tasks exact 0)."""
 
     def _grad2vec(self) -> torch.Tensor:  # fix 11
         grads = [

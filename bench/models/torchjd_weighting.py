@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torchjd.aggregation import Aggregator, WeightedAggregator
 
-from bench.compat import CompatWeighting
+from bench.models.compat import CompatWeighting
 
 
 def present_rows(matrix: torch.Tensor) -> torch.Tensor:
