@@ -158,10 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{summary.count('busy')} claimed by another sweep, "
           f"{summary.already_done + summary.count('skipped')} already done", file=sys.stderr)
     if not args.no_leaderboard:
-        from bench.report import render
-
-        render(results_dir, Path(args.leaderboard))
-        print(f"leaderboard written to {args.leaderboard}", file=sys.stderr)
+        _render(results_dir, Path(args.leaderboard))
     if summary.failures:
         for res in summary.failures:
             print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
@@ -277,13 +274,19 @@ def _duration(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ leaderboard / results
-def cmd_leaderboard(args: argparse.Namespace) -> int:
+def _render(results_dir: Path, output: Path) -> None:
+    """Regenerate the leaderboard; one warning line per record it skipped (``run`` and
+    ``leaderboard`` alike)."""
     from bench.report import render
 
-    _, bad = render(Path(args.results_dir), Path(args.output))
+    _, bad = render(results_dir, output)
     for b in bad:
         print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"leaderboard written to {output}", file=sys.stderr)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    _render(Path(args.results_dir), Path(args.output))
     return 0
 
 

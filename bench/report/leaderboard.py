@@ -57,9 +57,18 @@ def delta_m(metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, 
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
+    """Mean and sample standard deviation; ``nan`` (shown as such) when a value is not finite
+    or the sums overflow, never an exception."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    try:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    except OverflowError:
+        return math.nan, math.nan
+
+
+def _mean(values: Any) -> float:
+    return _mean_std(list(values))[0]
 
 
 def _decimals(value: float) -> int:
@@ -93,6 +102,26 @@ class Row:
     excluded: list[str]
 
 
+def _consistent(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[BadRecord]]:
+    """The records whose tasks and metrics are those of the other ``ok`` records of their
+    scenario and profile (the first one, by path, sets them), and the others as warnings."""
+    reference: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
+    kept, dropped = [], []
+    for rec in records:
+        if rec["status"] != "ok":
+            kept.append(rec)
+            continue
+        shape = [(t["name"], tuple(m["name"] for m in t["metrics"])) for t in rec["tasks"]]
+        expected = reference.setdefault((rec["profile"], rec["scenario"]), shape)
+        if shape == expected:
+            kept.append(rec)
+        else:
+            dropped.append(BadRecord(Path(rec["_path"]), f"its tasks and metrics differ from "
+                                     f"the other records of {rec['scenario']} "
+                                     f"({rec['profile']}): {[n for n, _ in shape]}"))
+    return kept, dropped
+
+
 def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], dict[str, list]]:
     groups: dict[tuple[str, str, str | None], dict[str, list]] = defaultdict(
         lambda: defaultdict(list))
@@ -107,7 +136,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
     ok_base = [r for r in baseline_records if r["status"] == "ok"]
     baseline = None
     if ok_base:
-        baseline = {t["name"]: {m["name"]: statistics.fmean(
+        baseline = {t["name"]: {m["name"]: _mean(
             r["metrics"]["test"][t["name"]][m["name"]] for r in ok_base) for m in t["metrics"]}
             for t in tasks}
     rows = []
@@ -125,7 +154,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
                 cells[(t["name"], m["name"])] = _mean_std(vals)
         avg = None
         if report_average:
-            avg = _mean_std([statistics.fmean(
+            avg = _mean_std([_mean(
                 r["metrics"]["test"][t["name"]][t["metrics"][0]["name"]] for t in tasks)
                 for r in ok])
         delta = None
@@ -135,7 +164,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
             except ZeroDivisionError:
                 delta = None  # a baseline metric is 0: Δm% undefined (footnoted)
         rows.append(Row(label, [r["seed"] for r in ok], cells, avg, delta,
-                        statistics.fmean(r["trainable_params"] for r in ok), excluded))
+                        _mean(r["trainable_params"] for r in ok), excluded))
     return rows
 
 
@@ -242,6 +271,8 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
            ) -> tuple[str, list[BadRecord]]:
     """Build the leaderboard markdown (and plots) from the records under ``results_dir``."""
     records, bad = load_records(results_dir)
+    records, inconsistent = _consistent(records)
+    bad = sorted(bad + inconsistent, key=lambda b: str(b.path))
     output = Path(output)
     plots_dir = Path(plots_dir) if plots_dir else Path(results_dir) / "plots"
     lines = [
