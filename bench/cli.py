@@ -107,11 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir = Path(args.results_dir)
-    todo = pending(the_plan.runs, results_dir)
+    retry = not args.no_retry_failed
+    todo = pending(the_plan.runs, results_dir, retry)
+    retried = len(todo) - len(pending(the_plan.runs, results_dir, False)) if retry else 0
     where = "" if args.backend == "local" else f" on {args.backend}"
+    again = f", {retried} of them failed or diverged before: retried" if retried else ""
     print(f"plan: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
-          f"{len(todo)} to run) with --jobs {args.jobs}{where}; results in {results_dir}/",
-          file=sys.stderr)
+          f"{len(todo)} to run{again}) with --jobs {args.jobs}{where}; results in "
+          f"{results_dir}/", file=sys.stderr)
     for method, scenario, reason in the_plan.skipped:
         print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
     for scenario, problem in the_plan.missing_data:
@@ -150,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
-                      backend=engine, progress_runs=args.progress_runs)
+                      backend=engine, progress_runs=args.progress_runs, retry_failed=retry)
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
@@ -301,11 +304,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(f"{len(good)} valid records ({counts}), {len(bad)} corrupt")
     for b in bad:
         print(f"corrupt: {b.path}: {b.problem}")
+    unfinished = [rec for rec in good if rec["status"] != "ok"]
+    for rec in unfinished:  # the next `run` retries them (unless --no-retry-failed)
+        print(f"{rec['status']}: {rec['_path']}: {rec.get('error') or 'no error recorded'}")
     root = Path(args.results_dir)
     if root.is_dir():  # what an interrupted sweep leaves; the next claim of the run cleans it
         for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
             print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
-    return 1 if bad else 0
+    return 1 if bad or unfinished else 0
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -357,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leaderboard file regenerated at the end (default leaderboard.md)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="count runs recorded as failed or diverged as done (by default a rerun "
+                        "runs them again, keeping the earlier error in the record's attempts)")
     p.add_argument("--progress-runs", action="store_true",
                    help="also show a bar of training steps for each run in flight")
     p.add_argument("--backend", choices=["local", "dask", "ray", "slurm"], default="local",
@@ -384,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")
-    p.add_argument("action", choices=["check"], help="check: report corrupt or truncated files")
+    p.add_argument("action", choices=["check"],
+                   help="check: report invalid records (schema), failed or diverged runs, "
+                        "leftover locks and partial writes")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.set_defaults(func=cmd_results)
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.records import find_record, record_path, write_json_atomic
+from bench.records import find_record, read_record, record_path, write_json_atomic
 from bench.run.locks import claim, release, remove_orphan_temp_files
 from bench.run.plan import RunSpec
 
@@ -69,9 +69,10 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
     lock = path.with_name(path.name + ".lock")
     short = {"label": run.display, "scenario": run.scenario, "seed": run.seed}
 
-    def done() -> bool:
-        return find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
-                           cfg_hash) is not None
+    def done() -> bool:  # a failed or diverged record is retried (unless not planned)
+        found = find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                            cfg_hash)
+        return found is not None and found["status"] == "ok"
 
     if done():
         return {"status": "skipped", **short}
@@ -86,6 +87,7 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
         if done():  # finished by another sweep between the check and the claim
             return {"status": "skipped", **short}
         remove_orphan_temp_files(path)
+        attempts = earlier_attempts(path)
         record: dict[str, Any] = {
             "kind": "run",
             "method": run.method,
@@ -102,6 +104,7 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             "trainable_params": None,
             "total_params": None,
             "wall_time_s": None,
+            **({"attempts": attempts} if attempts else {}),
         }
         start = time.perf_counter()
         try:
@@ -140,6 +143,20 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
                 "wall_time_s": record["wall_time_s"]}
     finally:
         release(lock)
+
+
+def earlier_attempts(path: Path) -> list[dict[str, Any]]:
+    """What the record this run replaces says: its own earlier attempts, then its status and
+    error (a failed or diverged run being retried), or the problem of an invalid record."""
+    record, problem = read_record(path)
+    if problem:
+        return [{"status": "invalid", "error": problem}]
+    if record is None:
+        return []
+    keep = ("status", "error", "traceback", "diverged_at_step", "wall_time_s")
+    last = {key: record[key] for key in keep if record.get(key) is not None}
+    last["git_commit"] = record["versions"].get("git_commit", "unknown")
+    return [*record.get("attempts", []), last]
 
 
 @contextlib.contextmanager
