@@ -21,6 +21,58 @@ class UsageError(Exception):
     """A problem with the command line; printed as one line, exit code 2."""
 
 
+def leaderboard_for(results_dir: Path, explicit: str | None) -> Path:
+    """The leaderboard file of ``results_dir``: ``explicit`` when given, the project's
+    ``leaderboard.md`` for the default results folder, else ``<results_dir>/leaderboard.md``
+    (so that another folder's records never overwrite the project's table)."""
+    if explicit:
+        return Path(explicit)
+    if Path(results_dir).resolve() == DEFAULT_RESULTS.resolve():
+        return DEFAULT_LEADERBOARD
+    return Path(results_dir) / "leaderboard.md"
+
+
+def existing_results(results_dir: Path) -> Path:
+    """``results_dir`` if it is a folder, else one line naming the nearest existing folder."""
+    path = Path(results_dir)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"--results-dir {path} is a file, not a results folder")
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    siblings = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    hint = (f"did you mean --results-dir {parent / close[0]}?" if close
+            else "`python -m bench run` writes records there")
+    raise UsageError(f"no results folder {path}; {hint}")
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """Create ``path`` if needed and check that a file can be written in it; one line naming
+    the flag to change otherwise (before any training)."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder; name a folder with {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot write in {path} ({err.strerror or err}); choose a "
+                         f"writable folder with {flag}") from None
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """``path`` can be (over)written: its folder is writable and it is not a folder."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; name a file, e.g. {flag} "
+                         f"{path / 'leaderboard.md'}")
+    writable_folder(path.parent if str(path.parent) else Path("."), flag)
+
+
 def _csv(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -107,6 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir = Path(args.results_dir)
+    leaderboard = leaderboard_for(results_dir, args.leaderboard)
+    if not args.dry_run:  # before anything is printed or trained
+        engine = _backend(args)
+        writable_folder(results_dir, "--results-dir")
+        if not args.no_leaderboard:
+            writable_file(leaderboard, "--leaderboard")
     retry = not args.no_retry_failed
     todo = pending(the_plan.runs, results_dir, retry)
     retried = len(todo) - len(pending(the_plan.runs, results_dir, False)) if retry else 0
@@ -135,7 +193,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
                   f"{run.config_hash[:12]}{note}")
         return 0
-    engine = _backend(args)
     bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
     failures = 0
 
@@ -161,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{summary.count('busy')} claimed by another sweep, "
           f"{summary.already_done + summary.count('skipped')} already done", file=sys.stderr)
     if not args.no_leaderboard:
-        _render(results_dir, Path(args.leaderboard))
+        _render(results_dir, leaderboard)
     if summary.failures:
         for res in summary.failures:
             print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
@@ -282,21 +339,30 @@ def _render(results_dir: Path, output: Path) -> None:
     ``leaderboard`` alike)."""
     from bench.report import render
 
-    _, bad = render(results_dir, output)
+    try:
+        _, bad = render(results_dir, output)
+    except OSError as err:  # e.g. a read-only folder for the plots or the table
+        raise UsageError(f"cannot write the leaderboard ({err.strerror or err}: "
+                         f"{err.filename or output}); choose a writable --output / "
+                         "--results-dir") from None
     for b in bad:
         print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
     print(f"leaderboard written to {output}", file=sys.stderr)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    _render(Path(args.results_dir), Path(args.output))
+    results_dir = existing_results(Path(args.results_dir))
+    output = leaderboard_for(results_dir, args.output)
+    writable_file(output, "--output")
+    _render(results_dir, output)
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from bench.records import load_records
 
-    good, bad = load_records(Path(args.results_dir))
+    root = existing_results(Path(args.results_dir))
+    good, bad = load_records(root)
     by_status: dict[str, int] = {}
     for rec in good:
         by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
@@ -307,10 +373,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     unfinished = [rec for rec in good if rec["status"] != "ok"]
     for rec in unfinished:  # the next `run` retries them (unless --no-retry-failed)
         print(f"{rec['status']}: {rec['_path']}: {rec.get('error') or 'no error recorded'}")
-    root = Path(args.results_dir)
-    if root.is_dir():  # what an interrupted sweep leaves; the next claim of the run cleans it
-        for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
-            print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
+    # what an interrupted sweep leaves; the next claim of the run (or its resume) cleans it
+    for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
+        print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
     return 1 if bad or unfinished else 0
 
 
@@ -359,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set weighting.calpha=0.4 --set backbone.name=swin_embedded")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
                    help="where records are written (default results/)")
-    p.add_argument("--leaderboard", default=str(DEFAULT_LEADERBOARD),
-                   help="leaderboard file regenerated at the end (default leaderboard.md)")
+    p.add_argument("--leaderboard", default=None,
+                   help="leaderboard file regenerated at the end (default leaderboard.md for "
+                        "the default results folder, else RESULTS_DIR/leaderboard.md)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--no-retry-failed", action="store_true",
@@ -389,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    p.add_argument("--output", default=str(DEFAULT_LEADERBOARD))
+    p.add_argument("--output", default=None,
+                   help="default leaderboard.md for the default results folder, else "
+                        "RESULTS_DIR/leaderboard.md")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")
