@@ -15,13 +15,14 @@ objective and tight tolerances. Only ``rep_grad=False`` (as the paper and LibMTL
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.optimize import minimize
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 
 RESCALE = {0: lambda a: 1.0, 1: lambda a: 1.0 + a**2, 2: lambda a: 1.0 + a}
 
@@ -77,8 +78,14 @@ class CAGrad(CompatWeighting):
         return w
 
 
+class CAGradSettings(Settings):
+    calpha: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.5, description="c in [0, 1), the radius of the ball around the mean gradient (§3.2)")
+    rescale: Literal[0, 1, 2] = Field(1, description="0: none, 1: / (1 + c²), 2: / (1 + c)")
+
+
 register_weighting("cagrad", CAGrad, description="CAGrad: conflict-averse gradient descent",
-                   defaults={"calpha": 0.5, "rescale": 1}, rep_grad=(False,))
+                   settings=CAGradSettings, rep_grad=(False,))
 register_method("cagrad", architecture="hps", weighting="cagrad",
                 description="hard parameter sharing trained with CAGrad (any number of tasks)",
                 paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, "

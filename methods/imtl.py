@@ -30,7 +30,7 @@ class IMTL(CompatWeighting, LibMTLIMTL):
 register_weighting(
     "imtl", IMTL,
     description="IMTL: impartial gradient weights (IMTL-G) and learnt loss scales (IMTL-L)",
-    defaults={}, rep_grad=(False, True))
+    rep_grad=(False, True))
 register_method(
     "imtl", architecture="hps", weighting="imtl", rep_grad=False,
     description="hard parameter sharing with IMTL",

@@ -23,12 +23,13 @@ returns the last iterate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 
 MAX_ITER = 250
 STOP_CRIT = 1e-5
@@ -132,8 +133,13 @@ class MGDA(CompatWeighting):
         return alpha
 
 
+class MGDASettings(Settings):
+    mgda_gn: Literal["none", "l2", "loss", "loss+"] = Field(
+        "none", description="gradient normalisation before solving")
+
+
 register_weighting("mgda", MGDA, description="MGDA: min-norm element of the task gradients",
-                   defaults={"mgda_gn": "none"}, rep_grad=(False, True))
+                   settings=MGDASettings, rep_grad=(False, True))
 register_method("mgda", architecture="hps", weighting="mgda", rep_grad=False,
                 description="hard parameter sharing trained with MGDA (shared-parameter grads)",
                 paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "

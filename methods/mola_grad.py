@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.models.mola import MoLAArchitecture, mixture
+from bench.models.mola import MoLAArchitecture, MoLASettings, mixture
 
 
 class MoLAGrad(MoLAArchitecture):
@@ -75,12 +75,10 @@ class MoLAGrad(MoLAArchitecture):
         return list(out.split(n))
 
 
-_DEFAULTS: dict[str, Any] = {"placement": [3], "rank": 4, "alpha": 16.0, "path": "auto"}
-
 register_architecture(
     "mola_grad", MoLAGrad,
     description="MoLA-Grad: shared encoder + one low-rank adapter per task (task ids)",
-    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
+    settings=MoLASettings, needs_encoder="conv_or_swin")
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",

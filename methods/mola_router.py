@@ -41,7 +41,13 @@ from typing import Any, Literal
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.models.mola import CifarResNetRouter, MoLAArchitecture, mixture, twd_loss
+from bench.models.mola import (
+    CifarResNetRouter,
+    MoLAArchitecture,
+    MoLARouterSettings,
+    mixture,
+    twd_loss,
+)
 
 
 class MoLARouter(MoLAArchitecture):
@@ -112,16 +118,10 @@ class MoLARouter(MoLAArchitecture):
         return self.twd_weight * twd_loss(self.twd_features(scores), labels, self.temperature)
 
 
-_DEFAULTS: dict[str, Any] = {
-    "num_adapters": None, "placement": [3], "rank": 4, "alpha": 16.0, "path": "auto",
-    "twd_weight": 0.1, "twd_dim": 32, "temperature": 1.0, "router_blocks": 3,
-    "single_input_mode": "per_task", "twd_input": "scores",
-}
-
 register_architecture(
     "mola_router", MoLARouter,
     description="MoLA-Router: shared encoder + K low-rank adapters mixed by a router (TwD loss)",
-    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
+    settings=MoLARouterSettings, needs_encoder="conv_or_swin")
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",

@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.data.settings import Settings, settings_from_defaults
+
 _SHIM_NAME = "torchvision.models.utils"
 
 
@@ -210,12 +212,19 @@ class CompatArchitecture(AbsArchitecture):
 
 @dataclass(frozen=True)
 class WeightingSpec:
-    """A registered weighting: its class, explicit defaults and supported modes (fix 5)."""
+    """A registered weighting: its class, explicit defaults and supported modes (fix 5), and its
+    declared settings (``weighting.*``: types and ranges, :mod:`bench.data.settings`; inferred
+    from ``defaults`` when the plugin declares none)."""
 
     cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     rep_grad: tuple[bool, ...] = (False,)
     description: str = ""
+    settings: type[Settings] | None = None
+
+    @property
+    def settings_model(self) -> type[Settings]:
+        return self.settings or settings_from_defaults(self.cls.__name__, self.defaults)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,13 @@ class ArchitectureSpec:
     cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: declared settings (``arch.*``: types and ranges, :mod:`bench.data.settings`); inferred
+    #: from ``defaults`` when the plugin declares none
+    settings: type[Settings] | None = None
+    #: settings added with a default that changed what earlier runs did, with the value those
+    #: runs implied: a recorded identity without the key rebuilds with it, and a run set to it
+    #: leaves the key out of its identity (so it matches those records)
+    legacy: dict[str, Any] = field(default_factory=dict)
     #: encoder protocol the architecture needs ("any", "staged", "conv", "swin", "conv_or_swin";
     #: the backbones each accepts: ``bench.models.method.ENCODER_BACKBONES``)
     needs_encoder: str = "any"
@@ -242,3 +258,7 @@ class ArchitectureSpec:
     #: False when its forward bypasses ``_prepare_rep`` (no representation gradients, so no
     #: rep_grad weighting such as MGDA-UB or GradDrop)
     supports_rep_grad: bool = True
+
+    @property
+    def settings_model(self) -> type[Settings]:
+        return self.settings or settings_from_defaults(self.cls.__name__, self.defaults)

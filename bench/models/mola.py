@@ -39,12 +39,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from bench.data.settings import Settings, later
 from bench.models.compat import CompatArchitecture
 
 Path = Literal["auto", "grouped", "split", "sum"]
@@ -383,6 +385,40 @@ def run_stages(encoder: nn.Module, x: torch.Tensor, start: int, stop: int | None
     for stage in list(encoder.stages)[start:stop]:  # type: ignore[arg-type]
         x = stage(x)
     return x
+
+
+Stage = Annotated[int, Field(ge=0, le=15)] | Literal["stem"]
+AdapterRank = Annotated[int, Field(ge=1, le=1024)]
+
+
+class MoLASettings(Settings):
+    """``arch.*`` of MoLA-Grad (and the adapters of MoLA-Router)."""
+
+    placement: Annotated[list[Stage], Field(min_length=1)] | Literal["all"] = Field(
+        [3], description="stage indices (Block k = k-1) and/or 'stem', or 'all' (MoLA Table 7)")
+    rank: AdapterRank | list[AdapterRank] | dict[str, AdapterRank] = Field(
+        4, description="one rank, one per placed stage, or {stage: rank} (MoLA Table 6)")
+    alpha: Annotated[float, Field(gt=0.0, le=1e4)] = Field(
+        16.0, description="adapter scaling alpha / rank")
+    path: Literal["auto", "grouped", "split", "sum"] = "auto"
+    linear_targets: Annotated[tuple[Annotated[str, Field(min_length=1)], ...],
+                              Field(min_length=1)] = later(
+        LINEAR_TARGETS, description="Transformer backbones: the nn.Linear names adapted")
+
+
+class MoLARouterSettings(MoLASettings):
+    """``arch.*`` of MoLA-Router: MoLA's adapters, the router and the TwD loss."""
+
+    num_adapters: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="K, default the number of tasks (MoLA Table 11)")
+    twd_weight: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        0.1, description="lambda of the TwD loss, 0 = off")
+    twd_dim: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="d of the TwD feature map (MoLA Table 10)")
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    router_blocks: Annotated[int, Field(ge=1, le=16)] = 3
+    single_input_mode: Literal["per_task", "shared"] = "per_task"
+    twd_input: Literal["scores", "gates"] = "scores"
 
 
 class MoLAArchitecture(CompatArchitecture):
