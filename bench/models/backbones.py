@@ -278,9 +278,30 @@ def timm_resnet18(in_channels: int = 3, input_shape: Any = None, checkpoint: str
     model = timm.create_model("resnet18", pretrained=False, in_chans=in_channels, num_classes=0,
                               **kwargs)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=False)
+        load_timm_resnet(model, torch.load(checkpoint, map_location="cpu", weights_only=True),
+                         str(checkpoint))
     return TimmStaged(model)
+
+
+def load_timm_resnet(model: nn.Module, state: Any, source: str) -> None:
+    """Load a timm ResNet state dict (optionally under ``state_dict`` / ``model``; the
+    classifier ``fc.*`` is ignored) into ``model``: every tensor of the model must be found and
+    none may be left over, else one line naming ``source`` (as the Swin and torchvision
+    loaders)."""
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"checkpoint {source} holds no state dict (an empty or unrelated file)")
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a known key with another shape
+        raise ValueError(f"checkpoint {source} does not fit timm's resnet18: "
+                         f"{str(err).splitlines()[-1].strip()[:200]}") from None
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {source} is not a timm resnet18 state dict: missing "
+                         f"{len(missing)} tensors {missing[:3]}, unexpected {len(unexpected)} "
+                         f"{unexpected[:3]}")
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
