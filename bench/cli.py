@@ -108,9 +108,11 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 # ------------------------------------------------------------------ list
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
+    from bench.models.backbones import backbones
     from bench.run.ablations import ablations
 
     reg = {
+        "backbones": backbones,
         "methods": registry.methods,
         "scenarios": registry.scenarios,
         "architectures": registry.architectures,
@@ -394,10 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list methods, scenarios, architectures, weightings, ablations")
+    p = sub.add_parser("list", help="list methods, scenarios, architectures, weightings, "
+                                    "backbones, ablations")
     p.add_argument("what", choices=["methods", "scenarios", "architectures", "weightings",
-                                    "ablations"])
-    p.add_argument("pattern", nargs="?", help="glob pattern, e.g. 'mola*'")
+                                    "backbones", "ablations"])
+    p.add_argument("pattern", nargs="?",
+                   help="a part of the name ('mola') or a glob pattern ('mola*')")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(

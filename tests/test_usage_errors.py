@@ -132,3 +132,25 @@ def test_data_download_into_a_file(tmp_path: Path, capsys) -> None:
                  str(a_file / "below")]) == 2
     assert "cannot create" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+
+
+# ---------------------------------------------------------------- list
+def test_list_backbones_exists_and_is_what_errors_point_to(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--method", "hps", "--scenario", SCENARIO, "--set",
+                 "backbone.name=swin_x", "--results-dir", str(tmp_path / "r")]) == 2
+    line = _one_error_line(capsys)
+    assert "did you mean swin_t" in line and "`python -m bench list backbones`" in line
+    assert main(["list", "backbones"]) == 0
+    names = [row.split()[0] for row in capsys.readouterr().out.splitlines()]
+    assert {"resnet", "resnet18", "timm_resnet18", "swin_embedded", "swin_t"} <= set(names)
+
+
+def test_list_matches_a_part_of_the_name(capsys) -> None:
+    assert main(["list", "methods", "mola"]) == 0
+    assert [row.split()[0] for row in capsys.readouterr().out.splitlines()] == [
+        "mola_grad", "mola_router"]
+    assert main(["list", "methods", "grad"]) == 0  # anywhere in the name
+    assert {"mola_grad", "pcgrad", "gradvac", "graddrop", "gradnorm"} <= {
+        row.split()[0] for row in capsys.readouterr().out.splitlines()}
+    assert main(["list", "methods", "mola*"]) == 0  # globs still work
+    assert main(["list", "weightings", "nothing_like_this"]) == 1
