@@ -116,3 +116,28 @@ def test_huge_metrics_give_nan_cells_not_a_crash(tmp_path: Path) -> None:
         path.write_text(json.dumps(record))
     text, bad = render(tmp_path, tmp_path / "lb.md")
     assert not bad and "nan ± nan" in text
+
+
+def test_ties_at_the_shown_precision_are_all_bold(tmp_path: Path) -> None:
+    from bench.report import render
+
+    template = json.loads(_committed(tmp_path / "source", seeds=(0,))[0].read_text())
+    board = tmp_path / "board"
+    values = {"hps": 80.004, "tie_a": 80.001, "tie_b": 80.0, "below": 79.99, "single_task": 70.0}
+    for label, value in values.items():
+        record = json.loads(json.dumps(template))
+        record.update(label=label, method=label)
+        for split in ("val", "test"):
+            for task in record["metrics"][split].values():
+                task["accuracy"] = value
+        folder = board / "default" / SCENARIO / label
+        folder.mkdir(parents=True)
+        (folder / "seed0.json").write_text(json.dumps(record))
+    text, bad = render(board, tmp_path / "lb.md")
+    assert not bad
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
+            if line.startswith("| ") and " | " in line and not line.startswith("| Method")}
+    for label in ("hps", "tie_a", "tie_b"):  # 80.00 at the shown precision
+        assert rows[label].count("**80.00 ± 0.00**") == 5, rows[label]  # 4 tasks, Avg
+    assert "**" not in rows["below"].split(" | ")[1]
+    assert "**" not in rows["single_task"]

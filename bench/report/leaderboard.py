@@ -176,11 +176,15 @@ def _natural(label: str) -> list[Any]:
             for part in re.split(r"(\d+)", label)]
 
 
-def _bold_best(rows: list[Row], key: Any, higher: bool) -> str | None:
-    vals = [(key(r)[0], r.label) for r in rows if key(r) is not None]
-    if not vals:
-        return None
-    return (max(vals) if higher else min(vals))[1]
+def _bold(rows: list[Row], key: Any, higher: bool) -> set[str]:
+    """The rows to bold in a column: every row whose mean, at the precision the best one is
+    shown with, equals the best (ties are all bold; nothing when there is one row)."""
+    values = [(key(r)[0], r.label) for r in rows if key(r) is not None and math.isfinite(key(r)[0])]
+    if len(rows) < 2 or not values:
+        return set()
+    best = max(v for v, _ in values) if higher else min(v for v, _ in values)
+    shown = _fmt(best)
+    return {label for value, label in values if _fmt(value, _decimals(best)) == shown}
 
 
 def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
@@ -199,18 +203,18 @@ def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
     header.append("Δm% ↓")
     columns.append(((lambda r: r.delta if r.label != baseline_label else None), False))
     header += ["Trainable params", "Seeds"]
-    best = [_bold_best(rows, key, higher) for key, higher in columns]
+    bold = [_bold(rows, key, higher) for key, higher in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.label + (" †" if row.excluded else "")]
-        for (key, _), best_label in zip(columns, best):
+        for (key, _), bold_labels in zip(columns, bold):
             value = key(row)
             if value is None:
                 cells.append("-")
                 continue
             decimals = _decimals(value[0])
             text = f"{_fmt(value[0], decimals)} ± {_fmt(value[1], decimals)}"
-            cells.append(f"**{text}**" if row.label == best_label and len(rows) > 1 else text)
+            cells.append(f"**{text}**" if row.label in bold_labels else text)
         cells += [_fmt_params(row.trainable), str(len(row.seeds))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -283,7 +287,7 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
         "lowest validation score (mean over tasks of the validation loss relative to its "
         "first-epoch value); mean ± std over seeds. Δm% (MoLA §5.3): mean relative "
         "performance *drop* against Single-task over each task's metrics, lower is better. "
-        "Best value of each column in bold.",
+        "Best value of each column in bold (every row equal to it at the shown precision).",
         "",
     ]
     groups = _group(records)
