@@ -364,6 +364,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from bench.records import load_records
 
     root = existing_results(Path(args.results_dir))
+    if args.action == "verify":
+        return _verify(root, args.sample)
     good, bad = load_records(root)
     by_status: dict[str, int] = {}
     for rec in good:
@@ -379,6 +381,34 @@ def cmd_results(args: argparse.Namespace) -> int:
     for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
         print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
     return 1 if bad or unfinished else 0
+
+
+def _verify(root: Path, k: int) -> int:
+    """Re-run ``k`` records (chosen deterministically) and report each test metric's difference
+    against the seed spread of its method and scenario; exit 1 when one is off by more than two
+    seed standard deviations, or differs at all on the machine that produced it."""
+    from bench.records import load_records
+    from bench.run.verify import TOLERANCE_STD, describe, sample, verify
+
+    if k < 1:
+        raise UsageError("--sample takes a number of records to re-run, at least 1")
+    records, _ = load_records(root)
+    chosen = sample(records, k)
+    if not chosen:
+        raise UsageError(f"no ok record to verify in {root}")
+    print(f"re-running {len(chosen)} of {len(records)} records of {root}/ (the ones with the "
+          "smallest config hashes); nothing is written", file=sys.stderr)
+    checks = []
+    for rec in chosen:
+        check = verify(rec, records)
+        checks.append(check)
+        for line in describe(check):
+            print(line, flush=True)
+    identical = sum(c.identical for c in checks)
+    failed = sum(c.failed for c in checks)
+    print(f"{identical} identical, {len(checks) - identical - failed} within "
+          f"{TOLERANCE_STD:g} seed std, {failed} failed (of {len(checks)})")
+    return 1 if failed else 0
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -465,9 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")
-    p.add_argument("action", choices=["check"],
+    p.add_argument("action", choices=["check", "verify"],
                    help="check: report invalid records (schema), failed or diverged runs, "
-                        "leftover locks and partial writes")
+                        "leftover locks and partial writes; verify: re-run --sample records "
+                        "and compare their metrics with the seed spread")
+    p.add_argument("--sample", type=int, default=3, metavar="K",
+                   help="verify: how many records to re-run (default 3)")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.set_defaults(func=cmd_results)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -35,7 +36,41 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[dist] = "absent"
     out["git_commit"] = _git_commit()
+    out.update(cpu_and_blas())
     return out
+
+
+def cpu_and_blas() -> dict[str, str]:
+    """What floating-point results depend on beyond the versions: the CPU model, the instruction
+    set torch dispatches to (``torch.backends.cpu.get_cpu_capability()``) and the BLAS / oneDNN
+    builds (``torch.__config__``). Recorded in ``versions``, outside the config hash: on another
+    CPU the same config gives close but not identical numbers (README, Reproducibility)."""
+    import torch
+
+    config = torch.__config__.show()
+    found = re.search(r"\bBLAS_INFO=([\w.-]+)", config)
+    blas = found.group(1) if found else "unknown"
+    library = next((line.strip(" -") for line in config.splitlines()
+                    if "Math Kernel Library" in line or "OpenBLAS" in line), "")
+    onednn = next((line.strip(" -") for line in config.splitlines() if "MKL-DNN" in line
+                   or "oneDNN" in line), "absent")
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return {"cpu": _cpu_model(), "cpu_capability": capability,
+            "blas": f"{blas}: {library}" if library else blas,
+            "onednn": onednn.split(" (Git")[0]}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _git_commit() -> str:
