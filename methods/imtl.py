@@ -1,7 +1,18 @@
 """IMTL — impartial multi-task learning (Liu et al., ICLR 2021): IMTL-L (§3.2, Eq. 5, learnt loss
 scales ``e^s_t L_t - s_t``) with IMTL-G (§3.1, Eq. 4: weights making the aggregated gradient's
-projections on every task's unit gradient equal), as LibMTL 1.1.5's ``IMTL``, through the compat
-layer. No hyper-parameter. ``rep_grad=True`` (IMTL on representation gradients) is supported.
+projections on every task's unit gradient equal), as LibMTL 1.1.5's ``IMTL``, with two changes:
+
+* the closed form ``α = g_1 Uᵀ (D Uᵀ)⁻¹`` (``D_t = g_1 - g_t``, ``U_t = u_1 - u_t`` with unit
+  gradients ``u``) uses the pseudo-inverse instead of ``torch.inverse``: with rank-deficient task
+  gradients (two colinear tasks, a task whose gradient vanishes) LibMTL raises ``LinAlgError`` or
+  returns NaN; the pseudo-inverse gives the least-squares weights (a task whose gradient is
+  exactly zero has no direction to project on and gets weight 0);
+* only the tasks present in the batch take part (pooled batches may leave tasks out; their
+  gradient row is zero and their unit gradient undefined): IMTL-G solves on the present tasks'
+  gradients, absent tasks get weight 0, and an absent task's loss scale is not trained on that
+  step (:class:`bench.models.compat.CompatWeighting`).
+
+No hyper-parameter. ``rep_grad=True`` (IMTL on representation gradients) is supported.
 """
 
 from __future__ import annotations
@@ -12,19 +23,54 @@ import numpy as np
 import torch
 
 from bench.api import CompatWeighting, register_method, register_weighting
-from bench.models.compat import import_libmtl
-
-import_libmtl()
-from LibMTL.weighting.IMTL import IMTL as LibMTLIMTL  # noqa: E402
 
 
-class IMTL(CompatWeighting, LibMTLIMTL):
-    """LibMTL's IMTL with the compat fixes first in the MRO."""
+def imtl_weights(grads: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's task weights (summing to 1) for the gradient rows ``grads`` (k, D). A row that
+    is exactly zero has no direction to project on: it is left out of the solve (weight 0)."""
+    norms = grads.norm(dim=1)
+    flat = norms == 0
+    if bool(flat.any()) and not bool(flat.all()):
+        weights = grads.new_zeros(grads.shape[0])
+        weights[~flat] = imtl_weights(grads[~flat])
+        return weights
+    if grads.shape[0] == 1 or bool(flat.all()):
+        return grads.new_full((grads.shape[0],), 1.0 / grads.shape[0])
+    unit = grads / norms[:, None]
+    diff = grads[0:1] - grads[1:]
+    unit_diff = unit[0:1] - unit[1:]
+    system = diff @ unit_diff.t()
+    # directions closer than ~sqrt(eps) in unit-vector terms count as one direction: without an
+    # absolute cut-off the rounding noise of parallel gradients would be inverted
+    cutoff = torch.finfo(grads.dtype).eps ** 0.5 * float(diff.norm()) * grads.shape[0]
+    alpha = (grads[0] @ unit_diff.t()) @ torch.linalg.pinv(system, atol=cutoff)
+    return torch.cat(((1 - alpha.sum()).unsqueeze(0), alpha))
+
+
+class IMTL(CompatWeighting):
+    """IMTL-L and IMTL-G on the present tasks' gradients."""
 
     needs_task_gradients = True
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray | None:
-        return LibMTLIMTL.backward(self, losses, **kwargs)
+    def init_param(self) -> None:
+        self.loss_scale = torch.nn.Parameter(torch.zeros(self.task_num, device=self.device))
+
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:
+        # absent tasks run no backward pass (CompatWeighting._compute_grad), so their scale
+        # receives no gradient this step
+        scaled = self.loss_scale.exp() * losses - self.loss_scale
+        grads = self._get_grads(scaled, mode="backward")
+        per_grads = None
+        if self.rep_grad:
+            per_grads, grads = grads
+        rows, present = self.present_rows(grads)
+        alpha = self.full_weights(imtl_weights(rows), present)
+        weights = torch.as_tensor(alpha, dtype=grads.dtype, device=grads.device)
+        if self.rep_grad:
+            self._backward_new_grads(weights, per_grads=per_grads)
+        else:
+            self._backward_new_grads(weights, grads=grads)
+        return alpha
 
 
 register_weighting(

@@ -19,6 +19,10 @@ returns the last iterate.
 ``mgda_gn`` normalises the gradients before solving (official code, LibMTL): ``none`` (default),
 ``l2`` (``||g_t||``), ``loss`` (``L_t``), ``loss+`` (``L_t ||g_t||``); the update is
 ``sum_t alpha_t g_t / n_t`` (normalised gradients, as LibMTL's non-rep path; in both modes).
+
+Tasks absent from a pooled batch (a zero gradient row) are left out of the min-norm problem (the
+zero vertex would make the update exactly zero); they get weight 0
+(:class:`bench.models.compat.CompatWeighting`).
 """
 
 from __future__ import annotations
@@ -104,12 +108,14 @@ class MGDA(CompatWeighting):
         if not self.rep_grad:
             self._compute_grad_dim()
             grads = self._compute_grad(losses, mode="backward")  # (T, D)
-            gn = gradient_normalizers(grads.norm(dim=1), loss_data, kind).clamp_min(1e-12)
-            grads = grads / gn[:, None]
-            alpha, _, _ = min_norm_weights((grads @ grads.t()).double().cpu().numpy())
-            weights = torch.as_tensor(alpha, dtype=grads.dtype, device=grads.device)
-            self._reset_grad(weights @ grads)
-            return alpha
+            # tasks absent from a pooled batch (zero rows) would make the min-norm point 0
+            rows, present = self.present_rows(grads)
+            gn = gradient_normalizers(rows.norm(dim=1), loss_data[present], kind).clamp_min(1e-12)
+            rows = rows / gn[:, None]
+            alpha, _, _ = min_norm_weights((rows @ rows.t()).double().cpu().numpy())
+            weights = torch.as_tensor(alpha, dtype=rows.dtype, device=rows.device)
+            self._reset_grad(weights @ rows)
+            return self.full_weights(alpha, present)
         per_grads = self._compute_grad(losses, mode="backward", rep_grad=True)
         if isinstance(self.rep, dict):  # one representation tensor per task: block-diagonal G
             flat = [g.reshape(-1) for g in per_grads]
