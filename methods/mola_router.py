@@ -1,6 +1,7 @@
 """MoLA-Router — target-agnostic Mixture of Low-rank Adapters (Zhou et al., ICML 2024, §3.5).
 
-The encoder is MoLA-Grad's (adapters in Block4, rank 4, alpha 16), but the mixing weights come
+The encoder is MoLA-Grad's (adapters on the block convolutions of Block4, not the 1x1 shortcut;
+rank 4, alpha 16), but the mixing weights come
 from one router shared by all MoLA layers, applied to the raw input: a CIFAR-style ResNet (stem
 conv in→16, three stages of three basic blocks with 16/32/64 channels, strides 1/2/2, zero-padded
 identity shortcuts), global average pooling and a linear layer to K scores; α = softmax(scores)
@@ -121,7 +122,8 @@ class MoLARouter(MoLAArchitecture):
 register_architecture(
     "mola_router", MoLARouter,
     description="MoLA-Router: shared encoder + K low-rank adapters mixed by a router (TwD loss)",
-    settings=MoLARouterSettings, needs_encoder="conv_or_swin")
+    settings=MoLARouterSettings, needs_encoder="conv_or_swin",
+    legacy={"adapt_shortcut": True})
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",
