@@ -21,6 +21,11 @@ class UsageError(Exception):
     """A problem with the command line; printed as one line, exit code 2."""
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line (a key or value typed with a newline stays visible, escaped)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def leaderboard_for(results_dir: Path, explicit: str | None) -> Path:
     """The leaderboard file of ``results_dir``: ``explicit`` when given, the project's
     ``leaderboard.md`` for the default results folder, else ``<results_dir>/leaderboard.md``
@@ -526,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, UnknownNameError, IncompatibleError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; run the same command again to resume",

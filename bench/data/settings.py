@@ -93,6 +93,11 @@ def validate(model: type[Settings], values: dict[str, Any], group: str, owner: s
         raise explain(err, model.model_fields, values, group, owner) from None
 
 
+def _shown(group: str, key: str) -> str:
+    """``group.key`` as typed, or quoted when it holds unprintable characters."""
+    return f"{group}.{key}" if key.isprintable() else json.dumps(f"{group}.{key}")
+
+
 def unknown_key(key: str, known: list[str], group: str, owner: str) -> SettingsError:
     """One line for a key that no declared setting has, naming the nearest one."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
@@ -102,7 +107,7 @@ def unknown_key(key: str, known: list[str], group: str, owner: str) -> SettingsE
         hint = f"its {group} settings: {', '.join(known)}"
     else:
         hint = f"it has no {group} settings"
-    return UnknownSettingError(f"unknown setting {group}.{key} for {owner}; {hint}")
+    return UnknownSettingError(f"unknown setting {_shown(group, key)} for {owner}; {hint}")
 
 
 def explain(err: ValidationError, fields: dict[str, FieldInfo], values: dict[str, Any],

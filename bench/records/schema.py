@@ -23,6 +23,8 @@ STATUSES = ("ok", "diverged", "failed")
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 NonNegative = Annotated[int, Field(ge=0)]
+#: parameter counts (read as floats by the report: bounded well inside a float's range)
+Count = Annotated[int, Field(ge=0, le=10**15)]
 Name = Annotated[str, Field(min_length=1)]
 #: ``{task: {metric: value}}``
 SplitMetrics = dict[Name, dict[Name, Finite]]
@@ -68,15 +70,15 @@ class _Record(_Open):
     label: Name | None = None
     ablation: str | None = None
     scenario: Name
-    seed: NonNegative
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     profile: Name
     config: RunConfig
     config_hash: Name
     versions: dict[str, str]
     wall_time_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
-    trainable_params: NonNegative | None
-    total_params: NonNegative | None
-    param_scaling: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], NonNegative] | None = None
+    trainable_params: Count | None
+    total_params: Count | None
+    param_scaling: dict[Annotated[str, Field(pattern=r"^[0-9]{1,6}$")], Count] | None = None
     attempts: list[Attempt] = []
 
 
@@ -91,8 +93,8 @@ class OkRecord(_Record):
     status: Literal["ok"]
     metrics: Metrics
     tasks: Annotated[list[TaskDescription], Field(min_length=1)]
-    trainable_params: NonNegative
-    total_params: NonNegative
+    trainable_params: Count
+    total_params: Count
 
     @model_validator(mode="after")
     def _every_declared_metric_is_reported(self) -> OkRecord:

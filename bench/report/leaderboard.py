@@ -127,7 +127,7 @@ def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], d
         lambda: defaultdict(list))
     for rec in records:
         key = (rec["profile"], rec["scenario"], rec.get("ablation"))
-        groups[key][rec.get("label", rec["method"])].append(rec)
+        groups[key][rec.get("label") or rec["method"]].append(rec)
     return groups
 
 
@@ -241,7 +241,7 @@ def _param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
         scaling = next((r.get("param_scaling") for r in recs if r.get("param_scaling")), None)
         if not scaling:
             continue
-        arch = recs[0]["config"].get("method_identity", {}).get("architecture", label)
+        arch = str((recs[0]["config"].get("method_identity") or {}).get("architecture", label))
         points = sorted((int(k), v) for k, v in scaling.items())
         key = arch if _close(curves.get(arch, points), points) else label
         curves[key] = points
