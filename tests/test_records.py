@@ -141,3 +141,31 @@ def test_ties_at_the_shown_precision_are_all_bold(tmp_path: Path) -> None:
         assert rows[label].count("**80.00 ± 0.00**") == 5, rows[label]  # 4 tasks, Avg
     assert "**" not in rows["below"].split(" | ")[1]
     assert "**" not in rows["single_task"]
+
+
+def test_a_run_with_a_nan_metric_is_recorded_as_failed(tmp_path: Path, monkeypatch) -> None:
+    """The worker checks its record against the same schema: an "ok" run whose test metric is
+    NaN is written as failed with the field named (listed, retried), not as an invalid record
+    that every sweep would silently redo."""
+    import torch
+
+    import bench.run.engine
+    from bench.records import read_record, record_path
+    from bench.run.worker import run_one
+
+    real = bench.run.engine.run_config
+
+    def nan_metric(run, progress=None):
+        result, wall = real(run, progress)
+        task = next(iter(result.test_metrics))
+        result.test_metrics[task]["accuracy"] = float("nan")
+        return result, wall
+
+    monkeypatch.setattr(bench.run.engine, "run_config", nan_metric)
+    torch.set_num_threads(1)
+    run = make_run("hps", SCENARIO, 0, "smoke")
+    summary = run_one(run, str(tmp_path))
+    assert summary["status"] == "failed" and "finite number" in summary["error"]
+    record, problem = read_record(record_path(tmp_path, run.profile, run.scenario, run.display,
+                                              run.seed, run.config_hash))
+    assert problem is None and record["status"] == "failed"

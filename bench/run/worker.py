@@ -8,6 +8,7 @@ partial file; the summary then says ``failed`` with the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import re
 import subprocess
@@ -17,7 +18,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.records import find_record, read_record, record_path, write_json_atomic
+from bench.records import (
+    find_record,
+    read_record,
+    record_path,
+    record_problem,
+    write_json_atomic,
+)
 from bench.run.locks import claim, release, remove_orphan_temp_files
 from bench.run.plan import RunSpec
 
@@ -167,6 +174,9 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             record.update(status="failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=20),
                           wall_time_s=round(time.perf_counter() - start, 3))
+        problem = record_problem(json.loads(json.dumps(record, default=str)))
+        if problem and record["status"] == "ok":  # e.g. a NaN test metric: not a finished run
+            record.update(status="failed", error=f"the run's record is invalid: {problem}")
         try:
             write_json_atomic(path, record)
         except OSError as err:  # e.g. ENOSPC: nothing partial is left, the sweep goes on
