@@ -9,6 +9,7 @@ from bench.data.scenario import (
     TaskSpec,
     TrainingSetup,
 )
+from bench.data.settings import Settings, later
 from bench.models.compat import CompatArchitecture, CompatWeighting
 from bench.models.method import (
     MethodSpec,
@@ -29,9 +30,11 @@ __all__ = [
     "RealScenario",
     "Scenario",
     "ScenarioData",
+    "Settings",
     "Split",
     "TaskSpec",
     "TrainingSetup",
+    "later",
     "register_architecture",
     "register_method",
     "register_scenario",

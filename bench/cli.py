@@ -21,6 +21,63 @@ class UsageError(Exception):
     """A problem with the command line; printed as one line, exit code 2."""
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line (a key or value typed with a newline stays visible, escaped)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def leaderboard_for(results_dir: Path, explicit: str | None) -> Path:
+    """The leaderboard file of ``results_dir``: ``explicit`` when given, the project's
+    ``leaderboard.md`` for the default results folder, else ``<results_dir>/leaderboard.md``
+    (so that another folder's records never overwrite the project's table)."""
+    if explicit:
+        return Path(explicit)
+    if Path(results_dir).resolve() == DEFAULT_RESULTS.resolve():
+        return DEFAULT_LEADERBOARD
+    return Path(results_dir) / "leaderboard.md"
+
+
+def existing_results(results_dir: Path) -> Path:
+    """``results_dir`` if it is a folder, else one line naming the nearest existing folder."""
+    path = Path(results_dir)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"--results-dir {path} is a file, not a results folder")
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    siblings = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    hint = (f"did you mean --results-dir {parent / close[0]}?" if close
+            else "`python -m bench run` writes records there")
+    raise UsageError(f"no results folder {path}; {hint}")
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """Create ``path`` if needed and check that a file can be written in it; one line naming
+    the flag to change otherwise (before any training)."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder; name a folder with {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot write in {path} ({err.strerror or err}); choose a "
+                         f"writable folder with {flag}") from None
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """``path`` can be (over)written: its folder is writable and it is not a folder."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; name a file, e.g. {flag} "
+                         f"{path / 'leaderboard.md'}")
+    writable_folder(path.parent if str(path.parent) else Path("."), flag)
+
+
 def _csv(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -56,9 +113,11 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 # ------------------------------------------------------------------ list
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
+    from bench.models.backbones import backbones
     from bench.run.ablations import ablations
 
     reg = {
+        "backbones": backbones,
         "methods": registry.methods,
         "scenarios": registry.scenarios,
         "architectures": registry.architectures,
@@ -107,11 +166,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir = Path(args.results_dir)
-    todo = pending(the_plan.runs, results_dir)
+    leaderboard = leaderboard_for(results_dir, args.leaderboard)
+    if not args.dry_run:  # before anything is printed or trained
+        engine = _backend(args)
+        writable_folder(results_dir, "--results-dir")
+        if not args.no_leaderboard:
+            writable_file(leaderboard, "--leaderboard")
+    retry = not args.no_retry_failed
+    todo = pending(the_plan.runs, results_dir, retry)
+    retried = len(todo) - len(pending(the_plan.runs, results_dir, False)) if retry else 0
     where = "" if args.backend == "local" else f" on {args.backend}"
+    again = f", {retried} of them failed or diverged before: retried" if retried else ""
     print(f"plan: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
-          f"{len(todo)} to run) with --jobs {args.jobs}{where}; results in {results_dir}/",
-          file=sys.stderr)
+          f"{len(todo)} to run{again}) with --jobs {args.jobs}{where}; results in "
+          f"{results_dir}/", file=sys.stderr)
     for method, scenario, reason in the_plan.skipped:
         print(f"  skipped {method} on {scenario}: {reason}", file=sys.stderr)
     for scenario, problem in the_plan.missing_data:
@@ -132,7 +200,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
                   f"{run.config_hash[:12]}{note}")
         return 0
-    engine = _backend(args)
     bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
     failures = 0
 
@@ -150,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
-                      backend=engine, progress_runs=args.progress_runs)
+                      backend=engine, progress_runs=args.progress_runs, retry_failed=retry)
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
@@ -158,10 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{summary.count('busy')} claimed by another sweep, "
           f"{summary.already_done + summary.count('skipped')} already done", file=sys.stderr)
     if not args.no_leaderboard:
-        from bench.report import render
-
-        render(results_dir, Path(args.leaderboard))
-        print(f"leaderboard written to {args.leaderboard}", file=sys.stderr)
+        _render(results_dir, leaderboard)
     if summary.failures:
         for res in summary.failures:
             print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
@@ -277,20 +341,37 @@ def _duration(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ leaderboard / results
-def cmd_leaderboard(args: argparse.Namespace) -> int:
+def _render(results_dir: Path, output: Path) -> None:
+    """Regenerate the leaderboard; one warning line per record it skipped (``run`` and
+    ``leaderboard`` alike)."""
     from bench.report import render
 
-    _, bad = render(Path(args.results_dir), Path(args.output))
+    try:
+        _, bad = render(results_dir, output)
+    except OSError as err:  # e.g. a read-only folder for the plots or the table
+        raise UsageError(f"cannot write the leaderboard ({err.strerror or err}: "
+                         f"{err.filename or output}); choose a writable --output / "
+                         "--results-dir") from None
     for b in bad:
         print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"leaderboard written to {output}", file=sys.stderr)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    results_dir = existing_results(Path(args.results_dir))
+    output = leaderboard_for(results_dir, args.output)
+    writable_file(output, "--output")
+    _render(results_dir, output)
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from bench.records import load_records
 
-    good, bad = load_records(Path(args.results_dir))
+    root = existing_results(Path(args.results_dir))
+    if args.action == "verify":
+        return _verify(root, args.sample)
+    good, bad = load_records(root)
     by_status: dict[str, int] = {}
     for rec in good:
         by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
@@ -298,11 +379,41 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(f"{len(good)} valid records ({counts}), {len(bad)} corrupt")
     for b in bad:
         print(f"corrupt: {b.path}: {b.problem}")
-    root = Path(args.results_dir)
-    if root.is_dir():  # what an interrupted sweep leaves; the next claim of the run cleans it
-        for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
-            print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
-    return 1 if bad else 0
+    unfinished = [rec for rec in good if rec["status"] != "ok"]
+    for rec in unfinished:  # the next `run` retries them (unless --no-retry-failed)
+        print(f"{rec['status']}: {rec['_path']}: {rec.get('error') or 'no error recorded'}")
+    # what an interrupted sweep leaves; the next claim of the run (or its resume) cleans it
+    for path in sorted([*root.rglob(".*.json.*.tmp"), *root.rglob("*.json.lock")]):
+        print(f"leftover: {path} ({'lock' if path.suffix == '.lock' else 'partial write'})")
+    return 1 if bad or unfinished else 0
+
+
+def _verify(root: Path, k: int) -> int:
+    """Re-run ``k`` records (chosen deterministically) and report each test metric's difference
+    against the seed spread of its method and scenario; exit 1 when one is off by more than two
+    seed standard deviations, or differs at all on the machine that produced it."""
+    from bench.records import load_records
+    from bench.run.verify import TOLERANCE_STD, describe, sample, verify
+
+    if k < 1:
+        raise UsageError("--sample takes a number of records to re-run, at least 1")
+    records, _ = load_records(root)
+    chosen = sample(records, k)
+    if not chosen:
+        raise UsageError(f"no ok record to verify in {root}")
+    print(f"re-running {len(chosen)} of {len(records)} records of {root}/ (the ones with the "
+          "smallest config hashes); nothing is written", file=sys.stderr)
+    checks = []
+    for rec in chosen:
+        check = verify(rec, records)
+        checks.append(check)
+        for line in describe(check):
+            print(line, flush=True)
+    identical = sum(c.identical for c in checks)
+    failed = sum(c.failed for c in checks)
+    print(f"{identical} identical, {len(checks) - identical - failed} within "
+          f"{TOLERANCE_STD:g} seed std, {failed} failed (of {len(checks)})")
+    return 1 if failed else 0
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -320,10 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list methods, scenarios, architectures, weightings, ablations")
+    p = sub.add_parser("list", help="list methods, scenarios, architectures, weightings, "
+                                    "backbones, ablations")
     p.add_argument("what", choices=["methods", "scenarios", "architectures", "weightings",
-                                    "ablations"])
-    p.add_argument("pattern", nargs="?", help="glob pattern, e.g. 'mola*'")
+                                    "backbones", "ablations"])
+    p.add_argument("pattern", nargs="?",
+                   help="a part of the name ('mola') or a glob pattern ('mola*')")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -350,10 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set weighting.calpha=0.4 --set backbone.name=swin_embedded")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
                    help="where records are written (default results/)")
-    p.add_argument("--leaderboard", default=str(DEFAULT_LEADERBOARD),
-                   help="leaderboard file regenerated at the end (default leaderboard.md)")
+    p.add_argument("--leaderboard", default=None,
+                   help="leaderboard file regenerated at the end (default leaderboard.md for "
+                        "the default results folder, else RESULTS_DIR/leaderboard.md)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="count runs recorded as failed or diverged as done (by default a rerun "
+                        "runs them again, keeping the earlier error in the record's attempts)")
     p.add_argument("--progress-runs", action="store_true",
                    help="also show a bar of training steps for each run in flight")
     p.add_argument("--backend", choices=["local", "dask", "ray", "slurm"], default="local",
@@ -377,11 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    p.add_argument("--output", default=str(DEFAULT_LEADERBOARD))
+    p.add_argument("--output", default=None,
+                   help="default leaderboard.md for the default results folder, else "
+                        "RESULTS_DIR/leaderboard.md")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")
-    p.add_argument("action", choices=["check"], help="check: report corrupt or truncated files")
+    p.add_argument("action", choices=["check", "verify"],
+                   help="check: report invalid records (schema), failed or diverged runs, "
+                        "leftover locks and partial writes; verify: re-run --sample records "
+                        "and compare their metrics with the seed spread")
+    p.add_argument("--sample", type=int, default=3, metavar="K",
+                   help="verify: how many records to re-run (default 3)")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.set_defaults(func=cmd_results)
 
@@ -407,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, UnknownNameError, IncompatibleError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; run the same command again to resume",

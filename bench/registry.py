@@ -98,9 +98,10 @@ class Registry(Generic[T]):
         return obj(**kwargs) if callable(obj) else obj
 
     def list(self, pattern: str | Iterable[str] = "*") -> list[str]:
+        """Names matching a glob pattern (``mola*``), or containing a plain one (``mola``)."""
         load_plugins()
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-        return sorted(n for n in self.entries if any(fnmatch.fnmatch(n, p) for p in patterns))
+        return sorted(n for n in self.entries if any(_matches(n, p.lower()) for p in patterns))
 
     def describe(self, name: str) -> str:
         self.get(name)
@@ -109,6 +110,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         load_plugins()
         return isinstance(name, str) and name.lower() in self.entries
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatch(name, pattern)
+    return pattern in name
 
 
 def _first_line(doc: str | None) -> str:

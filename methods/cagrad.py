@@ -10,18 +10,21 @@ Paper §3, Eq. (4)-(5) and Algorithm 1, with the official code's conventions (as
 Fix 4 of :mod:`bench.models.compat`: LibMTL's ``CAGrad.backward`` hard-codes three tasks
 (``x.reshape(1, 3)``); :func:`cagrad_weights` works on the ``T x T`` Gram matrix for any ``T``.
 The dual is solved with SLSQP as in the official code, but with the analytic gradient of the
-objective and tight tolerances. Only ``rep_grad=False`` (as the paper and LibMTL).
+objective and tight tolerances. Only ``rep_grad=False`` (as the paper and LibMTL). Tasks absent
+from a pooled batch are left out of ``g_0`` and of the dual (weight 0;
+:class:`bench.models.compat.CompatWeighting`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.optimize import minimize
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 
 RESCALE = {0: lambda a: 1.0, 1: lambda a: 1.0 + a**2, 2: lambda a: 1.0 + a}
 
@@ -70,15 +73,22 @@ class CAGrad(CompatWeighting):
             raise ValueError("CAGrad supports only rep_grad=False")
         self._compute_grad_dim()
         grads = self._compute_grad(losses, mode="backward")  # (T, D)
-        gram = (grads @ grads.t()).double().cpu().numpy()
+        rows, present = self.present_rows(grads)  # g_0 and the dual over the present tasks
+        gram = (rows @ rows.t()).double().cpu().numpy()
         w, coef = cagrad_weights(gram, calpha)
-        coef_t = torch.as_tensor(coef, dtype=grads.dtype, device=grads.device)
-        self._reset_grad((coef_t @ grads) / RESCALE[rescale](calpha))
-        return w
+        coef_t = torch.as_tensor(coef, dtype=rows.dtype, device=rows.device)
+        self._reset_grad((coef_t @ rows) / RESCALE[rescale](calpha))
+        return self.full_weights(w, present)
+
+
+class CAGradSettings(Settings):
+    calpha: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.5, description="c in [0, 1), the radius of the ball around the mean gradient (§3.2)")
+    rescale: Literal[0, 1, 2] = Field(1, description="0: none, 1: / (1 + c²), 2: / (1 + c)")
 
 
 register_weighting("cagrad", CAGrad, description="CAGrad: conflict-averse gradient descent",
-                   defaults={"calpha": 0.5, "rescale": 1}, rep_grad=(False,))
+                   settings=CAGradSettings, rep_grad=(False,))
 register_method("cagrad", architecture="hps", weighting="cagrad",
                 description="hard parameter sharing trained with CAGrad (any number of tasks)",
                 paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, "

@@ -14,12 +14,13 @@ gradient-surgery weightings) are the shared experts.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, register_architecture, register_method
+from bench.api import CompatArchitecture, Settings, register_architecture, register_method
 
 
 class CGC(CompatArchitecture):
@@ -73,9 +74,16 @@ class CGC(CompatArchitecture):
         return list(self.experts_shared.parameters())
 
 
+Experts = Annotated[int, Field(ge=1, le=64)]
+
+
+class CGCSettings(Settings):
+    num_shared_experts: Experts = 1
+    num_specific_experts: Experts = Field(1, description="per task")
+
+
 register_architecture("cgc", CGC, description="customized gate control: shared + task-specific "
-                      "experts, per-task gates", defaults={"num_shared_experts": 1,
-                                                           "num_specific_experts": 1})
+                      "experts, per-task gates", settings=CGCSettings)
 register_method("cgc", architecture="cgc", weighting="ew",
                 description="CGC (single-level PLE): shared and task-specific expert encoders",
                 paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020")

@@ -16,12 +16,13 @@ task's loss).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, register_architecture, register_method
+from bench.api import CompatArchitecture, Settings, register_architecture, register_method
 
 
 def stitch_init(num_tasks: int, self_weight: float = 0.9) -> torch.Tensor:
@@ -69,9 +70,14 @@ class CrossStitch(CompatArchitecture):
         return self.encoder(inputs)
 
 
+class CrossStitchSettings(Settings):
+    self_weight: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.9, description="initial weight of a column on itself (the rest shared equally)")
+
+
 register_architecture("cross_stitch", CrossStitch,
                       description="one encoder column per task, T x T cross-stitch units after "
-                      "every stage", defaults={"self_weight": 0.9}, needs_encoder="staged")
+                      "every stage", settings=CrossStitchSettings, needs_encoder="staged")
 register_method("cross_stitch", architecture="cross_stitch", weighting="ew",
                 description="Cross-Stitch: task columns mixed by learnt T x T units per stage",
                 paper="Misra et al., Cross-stitch Networks for Multi-task Learning, CVPR 2016")

@@ -13,12 +13,13 @@ provides (fix 12). Only the summed weighted loss is needed, so multi-input batch
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
@@ -35,10 +36,15 @@ class DWA(EpochLossTracker, CompatWeighting, LibMTLDWA):
         return LibMTLDWA.backward(self, losses, **kwargs)
 
 
+class DWASettings(Settings):
+    T: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
+        2.0, description="temperature of the softmax over loss descent rates")
+
+
 register_weighting(
     "dwa", DWA,
     description="dynamic weight average: weights from the tasks' loss descent rates",
-    defaults={"T": 2.0}, rep_grad=(False,))
+    settings=DWASettings, rep_grad=(False,))
 register_method(
     "dwa", architecture="hps", weighting="dwa", rep_grad=False,
     description="hard parameter sharing with DWA loss weighting",

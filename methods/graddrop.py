@@ -9,12 +9,13 @@ acts on representation gradients). LibMTL 1.1.5's ``GradDrop`` through the compa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import import_libmtl
 
 import_libmtl()
@@ -30,10 +31,15 @@ class GradDrop(CompatWeighting, LibMTLGradDrop):
         return LibMTLGradDrop.backward(self, losses, **kwargs)
 
 
+class GradDropSettings(Settings):
+    leak: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="fraction of each gradient passed through unmasked")
+
+
 register_weighting(
     "graddrop", GradDrop,
     description="GradDrop: sign-consistent dropout of representation gradients",
-    defaults={"leak": 0.0}, rep_grad=(True,))
+    settings=GradDropSettings, rep_grad=(True,))
 register_method(
     "graddrop", architecture="hps", weighting="graddrop", rep_grad=True,
     description="hard parameter sharing with GradDrop (representation gradients)",

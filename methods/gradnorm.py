@@ -11,12 +11,13 @@ LibMTL 1.1.5's ``GradNorm`` through the compat layer; ``self.epoch`` and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
@@ -33,10 +34,15 @@ class GradNorm(EpochLossTracker, CompatWeighting, LibMTLGradNorm):
         return LibMTLGradNorm.backward(self, losses, **kwargs)
 
 
+class GradNormSettings(Settings):
+    alpha: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        1.5, description="asymmetry: strength of the pull towards equal training rates")
+
+
 register_weighting(
     "gradnorm", GradNorm,
     description="GradNorm: learnt weights balancing the task gradient norms",
-    defaults={"alpha": 1.5}, rep_grad=(False, True))
+    settings=GradNormSettings, rep_grad=(False, True))
 register_method(
     "gradnorm", architecture="hps", weighting="gradnorm", rep_grad=False,
     description="hard parameter sharing with GradNorm",

@@ -12,12 +12,13 @@ for every pair. We keep LibMTL's behaviour (the MoLA baselines are LibMTL's).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import import_libmtl
 
 import_libmtl()
@@ -33,10 +34,15 @@ class GradVac(CompatWeighting, LibMTLGradVac):
         return LibMTLGradVac.backward(self, losses, **kwargs)
 
 
+class GradVacSettings(Settings):
+    beta: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="EMA rate of the cosine targets")
+
+
 register_weighting(
     "gradvac", GradVac,
     description="GradVac: align task gradients towards EMA cosine targets",
-    defaults={"beta": 0.5}, rep_grad=(False,))
+    settings=GradVacSettings, rep_grad=(False,))
 register_method(
     "gradvac", architecture="hps", weighting="gradvac", rep_grad=False,
     description="hard parameter sharing with GradVac",

@@ -16,23 +16,24 @@ returns the last iterate.
   representation tensors (per-task forward, MMoE gates), ``Z`` is their concatenation, so the Gram
   matrix is diagonal.
 
-Absent tasks (a zero gradient row: no sample of the task in a pooled batch) are left out of the
-min-norm problem (with ``rep_grad=False``; representation gradients are refused on pooled
-batches): a zero row is the min-norm point and would make the update zero.
-
 ``mgda_gn`` normalises the gradients before solving (official code, LibMTL): ``none`` (default),
 ``l2`` (``||g_t||``), ``loss`` (``L_t``), ``loss+`` (``L_t ||g_t||``); the update is
 ``sum_t alpha_t g_t / n_t`` (normalised gradients, as LibMTL's non-rep path; in both modes).
+
+Tasks absent from a pooled batch (a zero gradient row) are left out of the min-norm problem (the
+zero vertex would make the update exactly zero); they get weight 0
+(:class:`bench.models.compat.CompatWeighting`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 
 MAX_ITER = 250
 STOP_CRIT = 1e-5
@@ -107,18 +108,14 @@ class MGDA(CompatWeighting):
         if not self.rep_grad:
             self._compute_grad_dim()
             grads = self._compute_grad(losses, mode="backward")  # (T, D)
-            gn = gradient_normalizers(grads.norm(dim=1), loss_data, kind).clamp_min(1e-12)
-            grads = grads / gn[:, None]
-            # an absent task (pooled batch: zero gradient row) would be the min-norm point
-            present = (grads != 0).any(dim=1)
-            alpha = np.zeros(self.task_num)
-            if bool(present.any()):
-                sub = grads[present]
-                alpha[present.cpu().numpy()] = min_norm_weights(
-                    (sub @ sub.t()).double().cpu().numpy())[0]
-            weights = torch.as_tensor(alpha, dtype=grads.dtype, device=grads.device)
-            self._reset_grad(weights @ grads)
-            return alpha
+            # tasks absent from a pooled batch (zero rows) would make the min-norm point 0
+            rows, present = self.present_rows(grads)
+            gn = gradient_normalizers(rows.norm(dim=1), loss_data[present], kind).clamp_min(1e-12)
+            rows = rows / gn[:, None]
+            alpha, _, _ = min_norm_weights((rows @ rows.t()).double().cpu().numpy())
+            weights = torch.as_tensor(alpha, dtype=rows.dtype, device=rows.device)
+            self._reset_grad(weights @ rows)
+            return self.full_weights(alpha, present)
         per_grads = self._compute_grad(losses, mode="backward", rep_grad=True)
         if isinstance(self.rep, dict):  # one representation tensor per task: block-diagonal G
             flat = [g.reshape(-1) for g in per_grads]
@@ -142,8 +139,13 @@ class MGDA(CompatWeighting):
         return alpha
 
 
+class MGDASettings(Settings):
+    mgda_gn: Literal["none", "l2", "loss", "loss+"] = Field(
+        "none", description="gradient normalisation before solving")
+
+
 register_weighting("mgda", MGDA, description="MGDA: min-norm element of the task gradients",
-                   defaults={"mgda_gn": "none"}, rep_grad=(False, True))
+                   settings=MGDASettings, rep_grad=(False, True))
 register_method("mgda", architecture="hps", weighting="mgda", rep_grad=False,
                 description="hard parameter sharing trained with MGDA (shared-parameter grads)",
                 paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "

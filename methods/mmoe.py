@@ -16,12 +16,13 @@ of :mod:`bench.run.engine` works.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, register_architecture, register_method
+from bench.api import CompatArchitecture, Settings, register_architecture, register_method
 
 
 def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -56,8 +57,12 @@ class MMoE(CompatArchitecture):
         return list(self.experts_shared.parameters())
 
 
+class MMoESettings(Settings):
+    num_experts: Annotated[int, Field(ge=1, le=64)] = 3
+
+
 register_architecture("mmoe", MMoE, description="multi-gate mixture of experts (shared experts, "
-                      "per-task softmax gates on the input)", defaults={"num_experts": 3})
+                      "per-task softmax gates on the input)", settings=MMoESettings)
 register_method("mmoe", architecture="mmoe", weighting="ew",
                 description="MMoE: shared expert encoders mixed by per-task gates",
                 paper="Ma et al., Modeling Task Relationships in Multi-task Learning with "

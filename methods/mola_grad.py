@@ -1,7 +1,12 @@
 """MoLA-Grad — target-aware Mixture of Low-rank Adapters (Zhou et al., ICML 2024, §3.3–3.4).
 
-One shared ResNet encoder whose convolutions in the chosen stages (default Block4 = ``stages[3]``,
-Table 7) carry K = T low-rank adapters of rank 4 (Table 6), alpha = 16 (reference). Sample ``n``
+One shared ResNet encoder whose block convolutions in the chosen stages (default Block4 =
+``stages[3]``, Table 7) carry K = T low-rank adapters of rank 4 (Table 6), alpha = 16
+(reference). **Adapted:** both 3x3 convolutions (``conv1``, ``conv2``) of every basic block of
+the placed stages; **not** the 1x1 projection shortcut, as the reference's ``ResNet50_LoraGrad``
+adapts its blocks' convolutions and leaves the ``downsample`` alone (``arch.adapt_shortcut=true``
+adapts it too — what runs recorded before this setting existed did; their records still match
+that setting). Sample ``n``
 of task ``t`` is computed with ``W + ΔW_t`` (Eq. 1 with α_n = one-hot(t)), so the loss of task
 ``t`` reaches only adapter ``t`` and the shared weights: explicit gradient separation. The paper's
 grouped convolution (Eq. 2–3) is available as ``arch.path=grouped``; the default splits the batch
@@ -42,7 +47,7 @@ from typing import Any
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.models.mola import MoLAArchitecture, mixture
+from bench.models.mola import MoLAArchitecture, MoLASettings, mixture
 
 
 class MoLAGrad(MoLAArchitecture):
@@ -75,12 +80,11 @@ class MoLAGrad(MoLAArchitecture):
         return list(out.split(n))
 
 
-_DEFAULTS: dict[str, Any] = {"placement": [3], "rank": 4, "alpha": 16.0, "path": "auto"}
-
 register_architecture(
     "mola_grad", MoLAGrad,
     description="MoLA-Grad: shared encoder + one low-rank adapter per task (task ids)",
-    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
+    settings=MoLASettings, needs_encoder="conv_or_swin",
+    legacy={"adapt_shortcut": True})
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",

@@ -1,6 +1,7 @@
 """MoLA-Router — target-agnostic Mixture of Low-rank Adapters (Zhou et al., ICML 2024, §3.5).
 
-The encoder is MoLA-Grad's (adapters in Block4, rank 4, alpha 16), but the mixing weights come
+The encoder is MoLA-Grad's (adapters on the block convolutions of Block4, not the 1x1 shortcut;
+rank 4, alpha 16), but the mixing weights come
 from one router shared by all MoLA layers, applied to the raw input: a CIFAR-style ResNet (stem
 conv in→16, three stages of three basic blocks with 16/32/64 channels, strides 1/2/2, zero-padded
 identity shortcuts), global average pooling and a linear layer to K scores; α = softmax(scores)
@@ -41,7 +42,13 @@ from typing import Any, Literal
 import torch
 
 from bench.api import register_architecture, register_method
-from bench.models.mola import CifarResNetRouter, MoLAArchitecture, mixture, twd_loss
+from bench.models.mola import (
+    CifarResNetRouter,
+    MoLAArchitecture,
+    MoLARouterSettings,
+    mixture,
+    twd_loss,
+)
 
 
 class MoLARouter(MoLAArchitecture):
@@ -112,16 +119,11 @@ class MoLARouter(MoLAArchitecture):
         return self.twd_weight * twd_loss(self.twd_features(scores), labels, self.temperature)
 
 
-_DEFAULTS: dict[str, Any] = {
-    "num_adapters": None, "placement": [3], "rank": 4, "alpha": 16.0, "path": "auto",
-    "twd_weight": 0.1, "twd_dim": 32, "temperature": 1.0, "router_blocks": 3,
-    "single_input_mode": "per_task", "twd_input": "scores",
-}
-
 register_architecture(
     "mola_router", MoLARouter,
     description="MoLA-Router: shared encoder + K low-rank adapters mixed by a router (TwD loss)",
-    defaults=_DEFAULTS, needs_encoder="conv_or_swin")
+    settings=MoLARouterSettings, needs_encoder="conv_or_swin",
+    legacy={"adapt_shortcut": True})
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",

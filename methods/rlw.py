@@ -10,12 +10,13 @@ LibMTL 1.1.5's ``RLW`` through the compat layer (draws from torch's global RNG, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import import_libmtl
 
 import_libmtl()
@@ -31,10 +32,16 @@ class RLW(CompatWeighting, LibMTLRLW):
         return LibMTLRLW.backward(self, losses, **kwargs)
 
 
+class RLWSettings(Settings):
+    # LibMTL 1.1.5's 'constrained_Bernoulli' branch cannot run (it uses an unimported module)
+    dist: Literal["Normal", "Uniform", "Dirichlet", "Bernoulli"] = Field(
+        "Normal", description="distribution the loss weights are drawn from")
+
+
 register_weighting(
     "rlw", RLW,
     description="random loss weighting: softmax of normal samples each step",
-    defaults={"dist": "Normal"}, rep_grad=(False,))
+    settings=RLWSettings, rep_grad=(False,))
 register_method(
     "rlw", architecture="hps", weighting="rlw", rep_grad=False,
     description="hard parameter sharing with random loss weights",

@@ -32,7 +32,7 @@ class UW(CompatWeighting, LibMTLUW):
 register_weighting(
     "uw", UW,
     description="uncertainty weighting: learnt homoscedastic task uncertainties",
-    defaults={}, rep_grad=(False,))
+    rep_grad=(False,))
 register_method(
     "uw", architecture="hps", weighting="uw", rep_grad=False,
     description="hard parameter sharing with uncertainty loss weighting",

@@ -98,10 +98,11 @@ def tiny_scenario() -> Callable[..., tuple[TinyScenario, ScenarioData]]:
 
 
 def weighting_direction(weighting_cls: type, grads: torch.Tensor, rep_grad: bool = False,
+                        batch_tasks: list[bool] | None = None,
                         **kwargs: object) -> tuple[torch.Tensor, object]:
     """Run ``weighting_cls.backward`` on linear losses ``L_t = g_t . p`` whose gradients w.r.t. the
     one shared parameter ``p`` are the rows of ``grads``; return ``(p.grad, backward's result)``.
-    """
+    ``batch_tasks``: which tasks the batch holds, as the engine sets it (None: all)."""
     num_tasks, dim = grads.shape
 
     class Harness(weighting_cls):  # type: ignore[misc, valid-type]
@@ -122,6 +123,7 @@ def weighting_direction(weighting_cls: type, grads: torch.Tensor, rep_grad: bool
 
     model = Harness()
     model.init_param()
+    model.batch_tasks = batch_tasks
     losses = grads @ model.p
     result = model.backward(losses, **kwargs)
     assert model.p.grad is not None

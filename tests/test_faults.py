@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,28 +73,68 @@ def _one_record_per_run(root: Path, expected: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- kill -9, concurrency, locks
-def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
+#: runs a sweep (``python KILLER POINT ARGS...``) that SIGKILLs itself at a fixed point: right
+#: after writing its first record, before releasing that run's lock ("after_write"), or with its
+#: second record's temporary file written but not yet renamed into place ("mid_write")
+KILLER = """
+import os, signal, sys
+import bench.run.worker as worker
+
+point, argv = sys.argv[1], sys.argv[2:]
+if point == "after_write":
+    worker.release = lambda lock: os.kill(os.getpid(), signal.SIGKILL)
+else:
+    real_replace, written = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith(".json"):
+            written.append(dst)
+            if len(written) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+    os.replace = replace
+from bench.cli import main
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.parametrize("point", ["after_write", "mid_write"])
+def test_kill_9_mid_sweep_then_resume(point: str, tmp_path: Path) -> None:
+    """Deterministic: the sweep kills itself at a fixed point (no timing), leaving a finished
+    record plus a stale lock beside it, or a partial write; the same command resumes, runs
+    exactly the missing runs and cleans both."""
     results = tmp_path / "r"
-    cmd = _bench_cmd(results, "hps,single_task,uniform", "0,1", jobs=1)
-    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while not list(results.rglob("*.json")):
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no record appeared within 120 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    cmd = _bench_cmd(results, "hps,single_task", "0,1", jobs=1)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    killed = subprocess.run([sys.executable, str(killer), point, *cmd[3:]], env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     finished = {p: p.read_bytes() for p in results.rglob("*.json")}
-    assert 1 <= len(finished) < 6, "the kill must land mid-sweep"
+    assert len(finished) == 1
+    left = [p.suffix for p in _leftovers(results)]
+    assert left == ([".lock"] if point == "after_write" else [".tmp", ".lock"])
     resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} already done" in resumed.stderr
-    records = _one_record_per_run(results, 6)
+    assert "1 already done, 3 to run" in resumed.stderr
+    records = _one_record_per_run(results, 4)  # no lock, temp file or candidate left
     assert all(r["status"] == "ok" for r in records)
     assert {p: p.read_bytes() for p in finished} == finished  # finished runs untouched
+
+
+def test_a_stale_lock_beside_a_finished_record_is_removed(tmp_path: Path) -> None:
+    run = make_run("hps", SCENARIO, 0, "smoke")
+    assert run_one(run, str(tmp_path))["status"] == "ok"
+    path = record_path(tmp_path, run.profile, run.scenario, run.display, run.seed,
+                       run.config_hash)
+    lock = path.with_name(path.name + ".lock")
+    lock.write_text(f"{socket.gethostname()} {_dead_pid()}")  # killed before its release
+    assert execute([run], tmp_path).already_done == 1
+    assert not lock.exists()
+    lock.write_text(_lock_owner())  # a live owner's lock is left alone
+    execute([run], tmp_path)
+    assert lock.exists()
 
 
 def test_two_sweeps_at_once_run_each_run_once(tmp_path: Path) -> None:
@@ -267,6 +308,33 @@ def test_failed_run_is_recorded_sweep_goes_on_and_exits_1(faulty_sweep: dict) ->
     assert "1 diverged, 1 failed" in err
     assert "  failed: crasher on digits_domains seed 1: RuntimeError: boom" in err
     assert "crasher: seed 1: failed" in faulty_sweep["leaderboard"]
+
+
+def test_failed_and_diverged_runs_are_retried_keeping_their_errors(
+        faulty_sweep: dict, tmp_path: Path, capsys) -> None:
+    results = tmp_path / "r"
+    shutil.copytree(faulty_sweep["root"] / "r", results)
+    args = ["run", "--method", "diverger,crasher,hps", "--scenario", SCENARIO, "--seeds", "0,1",
+            "--profile", "smoke", "--jobs", "1", "--results-dir", str(results),
+            "--no-leaderboard"]
+    assert main([*args, "--no-retry-failed"]) == 0
+    assert "(6 already done, 0 to run)" in capsys.readouterr().err
+    assert main(["results", "check", "--results-dir", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "6 valid records (1 diverged, 1 failed, 4 ok), 0 corrupt" in out
+    assert "failed: " in out and "crasher/seed1-" in out and "RuntimeError: boom at step 1" in out
+    assert "diverged: " in out and "loss became non-finite at step 3" in out
+    assert main(args) == 1  # a rerun retries both (and they go wrong again)
+    assert "(4 already done, 2 to run, 2 of them failed or diverged before: retried)" in \
+        capsys.readouterr().err
+    records, bad = load_records(results)
+    assert not bad and len(records) == 6
+    crasher = next(r for r in records if r["label"] == "crasher" and r["seed"] == 1)
+    [earlier] = crasher["attempts"]
+    assert earlier["status"] == "failed" and earlier["error"] == "RuntimeError: boom at step 1"
+    assert "Traceback" in earlier["traceback"] and earlier["git_commit"]
+    diverger = next(r for r in records if r["label"] == "diverger" and r["seed"] == 1)
+    assert [a["diverged_at_step"] for a in diverger["attempts"]] == [3]
 
 
 # ---------------------------------------------------------------- damaged and unwritable records

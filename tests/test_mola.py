@@ -302,19 +302,26 @@ def test_router_single_input_modes() -> None:
 
 
 # (6) placement / rank parameter counts ---------------------------------------------------------
-def _expected_adapters(encoder: ResNet, stages: list[int], ranks: dict[int, int], k_adapt: int
-                       ) -> int:
+def _adapted_convs(encoder: ResNet, stages: list[int], shortcut: bool) -> list[nn.Conv2d]:
+    """The convolutions MoLA adapts: the blocks' (conv1, conv2), the 1x1 projection shortcut
+    only with ``adapt_shortcut`` (the reference adapts the block convolutions only)."""
+    return [conv for s in stages for name, conv in encoder.stages[s].named_modules()
+            if isinstance(conv, nn.Conv2d) and (shortcut or "shortcut" not in name)]
+
+
+def _expected_adapters(encoder: ResNet, stages: list[int], ranks: dict[int, int], k_adapt: int,
+                       shortcut: bool = False) -> int:
     total = 0
     for s in stages:
-        for conv in encoder.stages[s].modules():
-            if isinstance(conv, nn.Conv2d):
-                total += k_adapt * adapter_param_count(conv.in_channels, conv.out_channels,
-                                                       conv.kernel_size[0], ranks[s])
+        for conv in _adapted_convs(encoder, [s], shortcut):
+            total += k_adapt * adapter_param_count(conv.in_channels, conv.out_channels,
+                                                   conv.kernel_size[0], ranks[s])
     return total
 
 
 @pytest.mark.parametrize("overrides,stages,ranks", [
     ({}, [3], {3: 4}),
+    ({"arch.adapt_shortcut": True}, [3], {3: 4}),
     ({"arch.placement": "all", "arch.rank": [1, 2, 3, 8]}, [0, 1, 2, 3],
      {0: 1, 1: 2, 2: 3, 3: 8}),
     ({"arch.placement": [1, 3], "arch.rank": {"1": 2, "3": 16}}, [1, 3], {1: 2, 3: 16}),
@@ -324,15 +331,19 @@ def test_parameter_counts_follow_placement_and_rank(overrides: dict, stages: lis
     data = multi_input_data(n=4)
     plain = ResNet(3, **BACKBONE)
     backbone = sum(p.numel() for p in plain.parameters())
-    adapters = _expected_adapters(plain, stages, ranks, k_adapt=3)
+    shortcut = bool(overrides.get("arch.adapt_shortcut"))
+    adapters = _expected_adapters(plain, stages, ranks, k_adapt=3, shortcut=shortcut)
     model = build_model(resolve_method("mola_grad").with_overrides(overrides), data)
     decoders = sum(p.numel() for p in model.decoders.parameters())
     trainable, total = count_parameters(model)
     assert trainable == total == backbone + adapters + decoders
     assert model.param_breakdown() == {"backbone": backbone, "adapters": adapters, "router": 0,
                                        "decoders": decoders}
-    n_convs = sum(isinstance(m, nn.Conv2d) for s in stages for m in plain.stages[s].modules())
-    assert len(mola_layers(model)) == n_convs
+    assert len(mola_layers(model)) == len(_adapted_convs(plain, stages, shortcut))
+    adapted = {name for name, m in model.encoder.named_modules() if m in mola_layers(model)}
+    assert any(".shortcut." in name for name in adapted) == shortcut
+    if 3 in stages:  # Block4 of this ResNet has a projection shortcut to leave alone or adapt
+        assert {"stages.3.0.conv1", "stages.3.0.conv2"} <= adapted
 
 
 def test_add_mola_rejects_bad_placement_and_pc_ratio() -> None:

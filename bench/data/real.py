@@ -432,6 +432,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise DataMissingError(f"no public download URL for {scen.name!r}: get it from "
                                f"{scen.where} and place it as {scen.root()}/ with layout "
                                f"{scen.layout}")
+    root = data_root()
+    if root.exists() and not root.is_dir():
+        raise DataMissingError(f"the data root {root} is a file, not a folder; pass "
+                               f"--data-root DIR (a folder) or set ${DATA_ROOT_ENV} to one")
+    try:
+        scen.root().mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataMissingError(f"cannot create {scen.root()} ({err.strerror or err}); pass a "
+                               "writable folder with --data-root DIR") from None
     verify = verify_checksums()
     for f in files:
         dest = scen.root() / f.path

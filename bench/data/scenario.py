@@ -10,12 +10,15 @@ validation score ``mean_t L_t / L_t(first epoch)`` (see :mod:`bench.run.engine`)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from bench.data import settings
 from bench.data.metrics import LOSS_VARIANTS, METRICS
 
 Heterogeneity = Literal["domain", "multi_input", "single_input"]
@@ -79,29 +82,38 @@ class TaskSpec:
         }
 
 
-@dataclass(frozen=True)
-class TrainingSetup:
-    """Optimisation settings of a scenario profile (methods may override some)."""
+PositiveInt = Annotated[int, Field(ge=1, le=10**6)]
+Count = Annotated[int, Field(ge=0, le=10**6)]
 
-    epochs: int
-    batch_size: int  # per task in multi-input scenarios, unless ``sampling`` is "pooled"
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(strict=True, allow_inf_nan=False,
+                                                   extra="forbid"))
+class TrainingSetup:
+    """Optimisation settings of a scenario profile (methods may override some: ``train.*``).
+
+    Each field's type and range is declared here, once; a scenario's setup and every
+    ``--set train.KEY=VALUE`` are validated against them (:meth:`with_overrides`)."""
+
+    epochs: PositiveInt
+    #: per task in multi-input scenarios, unless ``sampling`` is "pooled"
+    batch_size: PositiveInt
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     #: per epoch: "cosine" to ``min_lr``; "step" = × ``gamma`` every ``step_size`` epochs
     scheduler: Literal["none", "cosine", "step"] = "none"
-    eval_batch_size: int = 512
+    eval_batch_size: PositiveInt = 512
     #: multi-input scenarios: "fused" = all tasks' batches in one forward pass (default, for
     #: every method alike); "per_task" = one forward per task, as LibMTL's Trainer does
     forward: Literal["fused", "per_task"] = "fused"
     #: linear warm-up from lr/1000 over this many epochs before the schedule (MTLoRA: 20)
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
-    step_size: int = 0
-    gamma: float = 0.5
+    warmup_epochs: Count = 0
+    min_lr: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    step_size: Count = 0
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     #: clip the gradients' global norm to this before each step (0: off; MTLoRA: 5)
-    grad_clip: float = 0.0
+    grad_clip: Annotated[float, Field(ge=0.0)] = 0.0
     #: multi-input batches: "per_task" = ``batch_size`` samples of every task per step, an
     #: epoch as long as the largest task (LibMTL); "pooled" = ``batch_size`` samples drawn from
     #: all tasks' samples together, an epoch = one pass over them (MoLA's reference)
@@ -109,6 +121,18 @@ class TrainingSetup:
     #: scale each task's mean loss by its share of the batch, so that the losses sum to the
     #: batch's mean loss (MoLA's reference on MedMNIST and RadImageNet)
     loss_share: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSetup:
+        if self.scheduler == "step" and self.step_size < 1:
+            raise ValueError("scheduler 'step' needs train.step_size >= 1 (epochs between "
+                             "decays)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr={self.min_lr} is above train.lr={self.lr}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"train.warmup_epochs={self.warmup_epochs} is more than "
+                             f"train.epochs={self.epochs}")
+        return self
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSetup:
@@ -123,6 +147,21 @@ class TrainingSetup:
             if out[name] == default:
                 del out[name]
         return out
+
+    def with_overrides(self, overrides: dict[str, Any], owner: str) -> TrainingSetup:
+        """This setup with ``train.*`` overrides, validated against the declared types and
+        ranges; :class:`~bench.data.settings.SettingsError` (one line) names the first problem."""
+        if not overrides:
+            return self
+        fields = self.__pydantic_fields__  # type: ignore[attr-defined]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise settings.unknown_key(unknown[0], sorted(fields), "train", owner)
+        try:
+            return replace(self, **overrides)
+        except ValidationError as err:
+            raise settings.explain(err, fields, overrides, "train", owner,
+                                   current=asdict(self)) from None
 
 
 #: TrainingSetup fields added after records existed, with their defaults

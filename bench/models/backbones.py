@@ -17,20 +17,93 @@ the timm weights named in :data:`PRETRAINED` (from the Hugging Face cache, downl
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from bench.data.settings import Settings, settings_from_defaults
 from bench.registry import Registry
 
 backbones: Registry[Any] = Registry("backbone")
+
+#: keywords every builder takes from the scenario, not from ``--set backbone.*``
+SCENARIO_KWARGS = ("in_channels", "input_shape")
+
+
+def declares(settings: type[Settings]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the ``backbone.*`` settings a backbone builder accepts (types and ranges)."""
+
+    def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
+        builder.settings = settings  # type: ignore[attr-defined]
+        return builder
+
+    return deco
+
+
+@cache
+def backbone_settings(name: str) -> type[Settings]:
+    """The declared ``backbone.*`` settings of backbone ``name``; for a builder that declares
+    none, its keyword parameters typed as their defaults."""
+    builder = backbones.get(name)
+    declared = getattr(builder, "settings", None)
+    if declared is not None:
+        return declared
+    params = inspect.signature(builder).parameters.values()
+    defaults = {p.name: p.default for p in params if p.name not in SCENARIO_KWARGS
+                and p.default is not inspect.Parameter.empty}
+    return settings_from_defaults(f"{name}_backbone", defaults)
+
+
+Width = Annotated[int, Field(ge=1, le=4096)]
+Stages = Annotated[tuple[Width, ...], Field(min_length=1, max_length=8)]
+
+
+class ResNetSettings(Settings):
+    """``backbone.*`` of the ResNets (one entry per stage)."""
+
+    widths: Stages = (16, 32, 64, 128)
+    blocks: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], ...],
+                      Field(min_length=1, max_length=8)] = (1, 1, 1, 1)
+    strides: Annotated[tuple[Annotated[int, Field(ge=1, le=4)], ...],
+                       Field(min_length=1, max_length=8)] = (1, 2, 2, 2)
+    stem_stride: Annotated[int, Field(ge=1, le=4)] = 1
+    stem_pool: bool = False
+
+    @model_validator(mode="after")
+    def _one_entry_per_stage(self) -> ResNetSettings:
+        if not len(self.widths) == len(self.blocks) == len(self.strides):
+            raise ValueError("backbone.widths, backbone.blocks and backbone.strides need one "
+                             "entry per stage each")
+        return self
+
+
+class PretrainedResNetSettings(ResNetSettings):
+    """``backbone.*`` of ResNet-18: the ResNet's, and where its weights come from."""
+
+    widths: Stages = (64, 128, 256, 512)
+    blocks: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], ...],
+                      Field(min_length=1, max_length=8)] = (2, 2, 2, 2)
+    stem_stride: Annotated[int, Field(ge=1, le=4)] = 2
+    stem_pool: bool = True
+    pretrained: bool | str = Field(False, description="true: timm's resnet18.tv_in1k")
+    checkpoint: str | None = Field(None, description="a local torchvision/timm state dict")
+
+
+class TimmResNetSettings(Settings):
+    """``backbone.*`` of timm's resnet18."""
+
+    checkpoint: str | None = Field(None, description="a local timm resnet18 state dict")
+    drop_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 #: backbone keywords that choose weights, not the architecture
 WEIGHT_KWARGS = ("pretrained", "checkpoint")
@@ -122,11 +195,13 @@ class ResNet(StagedEncoder):
 
 
 @backbones.register("resnet", description="ResNet of basic blocks (narrow by default)")
+@declares(ResNetSettings)
 def resnet(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResNet:
     return ResNet(in_channels=in_channels, **kwargs)
 
 
 @backbones.register("resnet18", description="ResNet-18 (MoLA Appendix B), 11.2M parameters")
+@declares(PretrainedResNetSettings)
 def resnet18(in_channels: int = 3, input_shape: Any = None, pretrained: bool | str = False,
              checkpoint: str | None = None, **kwargs: Any) -> ResNet:
     """ResNet-18, torchvision's layout. ``pretrained=True`` starts from the ImageNet weights
@@ -195,6 +270,7 @@ class TimmStaged(StagedEncoder):
 
 
 @backbones.register("timm_resnet18", description="timm's resnet18 (loads a local checkpoint)")
+@declares(TimmResNetSettings)
 def timm_resnet18(in_channels: int = 3, input_shape: Any = None, checkpoint: str | None = None,
                   **kwargs: Any) -> TimmStaged:
     import timm
@@ -202,9 +278,30 @@ def timm_resnet18(in_channels: int = 3, input_shape: Any = None, checkpoint: str
     model = timm.create_model("resnet18", pretrained=False, in_chans=in_channels, num_classes=0,
                               **kwargs)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=False)
+        load_timm_resnet(model, torch.load(checkpoint, map_location="cpu", weights_only=True),
+                         str(checkpoint))
     return TimmStaged(model)
+
+
+def load_timm_resnet(model: nn.Module, state: Any, source: str) -> None:
+    """Load a timm ResNet state dict (optionally under ``state_dict`` / ``model``; the
+    classifier ``fc.*`` is ignored) into ``model``: every tensor of the model must be found and
+    none may be left over, else one line naming ``source`` (as the Swin and torchvision
+    loaders)."""
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"checkpoint {source} holds no state dict (an empty or unrelated file)")
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a known key with another shape
+        raise ValueError(f"checkpoint {source} does not fit timm's resnet18: "
+                         f"{str(err).splitlines()[-1].strip()[:200]}") from None
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {source} is not a timm resnet18 state dict: missing "
+                         f"{len(missing)} tensors {missing[:3]}, unexpected {len(unexpected)} "
+                         f"{unexpected[:3]}")
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:

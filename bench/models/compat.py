@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.data.settings import Settings, settings_from_defaults
+
 _SHIM_NAME = "torchvision.models.utils"
 
 
@@ -88,13 +90,94 @@ from LibMTL.weighting.abstract_weighting import AbsWeighting  # noqa: E402
 
 
 class CompatWeighting(AbsWeighting):
-    """``AbsWeighting`` with fixes 3, 7 and 11. Every weighting of the suite derives from it."""
+    """``AbsWeighting`` with fixes 3, 7 and 11. Every weighting of the suite derives from it.
+
+    **Tasks absent from a batch.** With pooled sampling (``train.sampling=pooled``, MoLA's
+    reference on MedMNIST) a batch may hold no sample of some tasks: their loss is an exact zero
+    attached to the graph (:func:`bench.run.engine.batch_losses`), so their gradient row is
+    exactly zero. Before every ``backward`` the engine sets :attr:`batch_tasks` (one bool per
+    task; ``None``: all present). Then:
+
+    * :meth:`_compute_grad` (LibMTL's per-task gradients) runs no backward pass for an absent
+      task; its row stays exactly zero;
+    * a weighting that *solves* for task weights from the gradients (a min-norm point, an
+      inverse, a dual: MGDA, IMTL, CAGrad) solves on the present rows only and maps its weights
+      back, absent tasks weighted 0::
+
+          grads = self._compute_grad(losses, mode="backward")   # (T, D); absent rows are 0
+          rows, present = self.present_rows(grads)              # (k, D) and their task indices
+          weights = solve(rows)                                 # k weights
+          self._reset_grad(weights @ rows)
+          return self.full_weights(weights, present)            # (T,), 0 for absent tasks
+
+    * a weighting that only adds or projects rows (EW, PCGrad, GradVac) needs nothing: a zero
+      row adds nothing and nothing is projected on it.
+
+    A weighting that detects absent tasks itself can use :meth:`present_tasks` (or test its
+    gradient rows for exact zeros: the same tasks).
+    """
 
     #: whether ``backward`` needs one gradient per task of the shared parameters (or of the
     #: representation), i.e. T backward passes per step (documentation and cost estimates).
     needs_task_gradients: bool = True
     #: whether the engine calls :meth:`after_step` after every optimizer step (FAMO)
     needs_losses_after_step: bool = False
+    #: set by the engine before each ``backward``: which tasks have samples in the batch
+    batch_tasks: list[bool] | None = None
+
+    def present_tasks(self) -> list[int]:
+        """Indices of the tasks with samples in the current batch (all when unknown)."""
+        if self.batch_tasks is None:
+            return list(range(self.task_num))
+        return [t for t, here in enumerate(self.batch_tasks) if here]
+
+    def present_rows(self, grads: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """The rows of ``grads`` (T, ...) of the present tasks, and their task indices. A row
+        that is exactly zero counts as absent too (a task absent from a batch the engine did not
+        describe, e.g. a weighting called directly): it has no direction to weigh; when every
+        row is zero, all rows are kept."""
+        nonzero = grads.reshape(len(grads), -1).ne(0).any(dim=1).tolist()
+        present = [t for t in self.present_tasks() if nonzero[t]] or self.present_tasks()
+        if len(present) == self.task_num:
+            return grads, present
+        return grads[torch.tensor(present, dtype=torch.long, device=grads.device)], present
+
+    def full_weights(self, weights: Any, present: list[int]) -> np.ndarray:
+        """Task weights for all T tasks from the weights of the ``present`` ones (0 elsewhere)."""
+        values = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights
+        out = np.zeros(self.task_num)
+        out[present] = np.asarray(values, dtype=np.float64).reshape(-1)
+        return out
+
+    def _compute_grad(self, losses: torch.Tensor, mode: str, rep_grad: bool = False) -> Any:
+        """LibMTL's per-task gradients (rows ``(T, D)``, or per-task representation gradients
+        with ``rep_grad``), without the backward passes of tasks absent from the batch: their
+        rows stay exactly zero."""
+        present = self.present_tasks()
+        if not rep_grad:
+            grads = torch.zeros(self.task_num, self.grad_dim, device=self.device)
+        elif not isinstance(self.rep, dict):
+            grads = torch.zeros(self.task_num, *self.rep.size(), device=self.device)
+        else:
+            grads = [torch.zeros(*self.rep[task].size(), device=self.device)
+                     for task in self.task_name]
+        for i, tn in enumerate(present):
+            last = i + 1 == len(present)
+            if rep_grad:
+                losses[tn].backward(retain_graph=not last)
+                grads[tn] = self.rep_tasks[self.task_name[tn]].grad.data.clone()
+            elif mode == "backward":
+                losses[tn].backward(retain_graph=not last)
+                grads[tn] = self._grad2vec()
+            elif mode == "autograd":
+                grad = torch.autograd.grad(losses[tn], self.get_share_params(),
+                                           retain_graph=True)
+                grads[tn] = torch.cat([g.reshape(-1) for g in grad])
+            else:
+                raise ValueError(f"no {mode!r} mode for gradient computation")
+            if not rep_grad:
+                self.zero_grad_share_params()
+        return grads
 
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray | None:  # fix 7
         """Backpropagate the step's task losses ``(T,)`` (an absent task's is an exact 0 on the
@@ -219,12 +302,19 @@ class CompatArchitecture(AbsArchitecture):
 
 @dataclass(frozen=True)
 class WeightingSpec:
-    """A registered weighting: its class, explicit defaults and supported modes (fix 5)."""
+    """A registered weighting: its class, explicit defaults and supported modes (fix 5), and its
+    declared settings (``weighting.*``: types and ranges, :mod:`bench.data.settings`; inferred
+    from ``defaults`` when the plugin declares none)."""
 
     cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     rep_grad: tuple[bool, ...] = (False,)
     description: str = ""
+    settings: type[Settings] | None = None
+
+    @property
+    def settings_model(self) -> type[Settings]:
+        return self.settings or settings_from_defaults(self.cls.__name__, self.defaults)
 
 
 @dataclass(frozen=True)
@@ -234,6 +324,13 @@ class ArchitectureSpec:
     cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: declared settings (``arch.*``: types and ranges, :mod:`bench.data.settings`); inferred
+    #: from ``defaults`` when the plugin declares none
+    settings: type[Settings] | None = None
+    #: settings added with a default that changed what earlier runs did, with the value those
+    #: runs implied: a recorded identity without the key rebuilds with it, and a run set to it
+    #: leaves the key out of its identity (so it matches those records)
+    legacy: dict[str, Any] = field(default_factory=dict)
     #: encoder protocol the architecture needs ("any", "staged", "conv", "swin", "conv_or_swin";
     #: the backbones each accepts: ``bench.models.method.ENCODER_BACKBONES``)
     needs_encoder: str = "any"
@@ -251,3 +348,7 @@ class ArchitectureSpec:
     #: False when its forward bypasses ``_prepare_rep`` (no representation gradients, so no
     #: rep_grad weighting such as MGDA-UB or GradDrop)
     supports_rep_grad: bool = True
+
+    @property
+    def settings_model(self) -> type[Settings]:
+        return self.settings or settings_from_defaults(self.cls.__name__, self.defaults)

@@ -22,7 +22,8 @@ from bench.data.scenario import (
     TaskSpec,
     is_dense,
 )
-from bench.models.backbones import WEIGHT_KWARGS, backbones, build_backbone
+from bench.data.settings import Settings, settings_from_defaults, validate
+from bench.models.backbones import WEIGHT_KWARGS, backbone_settings, backbones, build_backbone
 from bench.models.compat import ArchitectureSpec, WeightingSpec
 from bench.models.heads import ClassificationHead, DenseHead
 from bench.registry import UnknownNameError, architectures, methods, weightings
@@ -68,9 +69,14 @@ class MethodSpec:
     @classmethod
     def from_identity(cls, name: str, identity: dict[str, Any]) -> MethodSpec:
         """The method a run config's ``method_identity`` describes (every keyword resolved):
-        ``spec.identity()`` round-trips, so the run's config hash is unchanged."""
+        ``spec.identity()`` round-trips, so the run's config hash is unchanged. A setting the
+        architecture gained later (``ArchitectureSpec.legacy``) takes the value earlier runs
+        implied when the identity does not name it."""
+        recorded = dict(identity["arch_kwargs"])
+        legacy = architectures.get(identity["architecture"]).legacy
+        arch_kwargs = {**{k: v for k, v in legacy.items() if k not in recorded}, **recorded}
         return cls(name=name, architecture=identity["architecture"],
-                   weighting=identity["weighting"], arch_kwargs=dict(identity["arch_kwargs"]),
+                   weighting=identity["weighting"], arch_kwargs=arch_kwargs,
                    weighting_kwargs=dict(identity["weighting_kwargs"]),
                    rep_grad=bool(identity["rep_grad"]),
                    training_overrides=dict(identity.get("training_overrides") or {}),
@@ -119,11 +125,16 @@ class MethodSpec:
                        backbone=backbone, backbone_kwargs=backbone_kwargs)
 
     def identity(self) -> dict[str, Any]:
-        """Everything about the method that changes results (part of the run's config hash)."""
+        """Everything about the method that changes results (part of the run's config hash).
+        A later setting at the value earlier runs implied is left out, so those runs' records
+        still match."""
+        legacy = self.arch_spec.legacy
+        arch_kwargs = {k: v for k, v in self.resolved_arch_kwargs().items()
+                       if not (k in legacy and v == legacy[k])}
         return {
             "architecture": self.architecture,
             "weighting": self.weighting,
-            "arch_kwargs": self.resolved_arch_kwargs(),
+            "arch_kwargs": arch_kwargs,
             "weighting_kwargs": self.resolved_weighting_kwargs(),
             "rep_grad": self.rep_grad,
             "training_overrides": dict(self.training_overrides),
@@ -149,15 +160,36 @@ class MethodSpec:
         return name, {**kwargs, **self.backbone_kwargs}
 
 
-def register_architecture(
-    name: str, cls: type, *, description: str = "", **spec: Any
-) -> type:
-    architectures.add(name, ArchitectureSpec(cls=cls, description=description, **spec), description)
+def _declared(name: str, settings: type[Settings] | None, defaults: dict[str, Any] | None
+              ) -> type[Settings]:
+    if settings is not None and defaults is not None:
+        raise ValueError(f"{name}: give settings= (types, ranges and defaults) or defaults= "
+                         "(types inferred), not both")
+    return settings or settings_from_defaults(name, defaults or {})
+
+
+def register_architecture(name: str, cls: type, *, description: str = "",
+                          settings: type[Settings] | None = None,
+                          defaults: dict[str, Any] | None = None, **spec: Any) -> type:
+    """Register an architecture. ``settings``: a :class:`~bench.data.settings.Settings` model
+    declaring each ``arch.*`` keyword's type, range and default; or only ``defaults`` (each
+    keyword typed as its default). Unknown keywords are refused at planning time."""
+    declared = _declared(name, settings, defaults)
+    architectures.add(name, ArchitectureSpec(cls=cls, description=description,
+                                             defaults=declared.defaults(), settings=declared,
+                                             **spec), description)
     return cls
 
 
-def register_weighting(name: str, cls: type, *, description: str = "", **spec: Any) -> type:
-    weightings.add(name, WeightingSpec(cls=cls, description=description, **spec), description)
+def register_weighting(name: str, cls: type, *, description: str = "",
+                       settings: type[Settings] | None = None,
+                       defaults: dict[str, Any] | None = None, **spec: Any) -> type:
+    """Register a weighting; ``settings`` / ``defaults`` as for :func:`register_architecture`
+    (``weighting.*`` keywords)."""
+    declared = _declared(name, settings, defaults)
+    weightings.add(name, WeightingSpec(cls=cls, description=description,
+                                       defaults=declared.defaults(), settings=declared, **spec),
+                   description)
     return cls
 
 
@@ -205,9 +237,31 @@ def resolve_run_method(method: str, overrides: dict[str, Any] | None = None,
     return spec.with_overrides(overrides)
 
 
+def check_settings(spec: MethodSpec, scenario: Scenario, profile: str | None = None) -> None:
+    """Validate every setting of the run against its declared type and range: ``arch.*`` and
+    ``weighting.*`` (the resolved keywords), ``backbone.*`` (the overrides, against the settings
+    of the encoder the method runs on) and ``train.*`` (on the profile's setup). Raises
+    :class:`~bench.data.settings.SettingsError` (one line) before anything is built."""
+    owner = f"method {spec.name!r}"
+    validate(spec.arch_spec.settings_model, spec.resolved_arch_kwargs(), "arch",
+             f"{owner} (architecture {spec.architecture!r})")
+    validate(spec.weighting_spec.settings_model, spec.resolved_weighting_kwargs(), "weighting",
+             f"{owner} (weighting {spec.weighting!r})")
+    if spec.backbone_kwargs:
+        name, _ = spec.resolve_backbone(scenario.backbone_of(profile), {})
+        validate(backbone_settings(name), spec.backbone_kwargs, "backbone",
+                 f"{owner} (backbone {name!r})")
+    if profile is not None:
+        scenario.setup(profile).with_overrides(spec.training_overrides,
+                                               f"{owner} on {scenario.name} ({profile})")
+
+
 def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None = None) -> None:
     """Raise :class:`IncompatibleError` when ``spec`` cannot run on ``scenario`` (with the
-    backbone of ``profile``'s models)."""
+    backbone of ``profile``'s models), :class:`~bench.data.settings.SettingsError` when one of
+    its settings is not what its declaration allows (:func:`check_settings`)."""
+    if spec.backbone is not None:
+        backbones.get(spec.backbone)  # an unknown name: UnknownNameError with suggestions
     arch = spec.arch_spec
     weighting = spec.weighting_spec
     if arch.scenarios is not None and scenario.heterogeneity not in arch.scenarios:
@@ -225,16 +279,14 @@ def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None =
             f"method {spec.name!r}: weighting {spec.weighting!r} does not support "
             f"rep_grad={spec.rep_grad}")
     if (spec.rep_grad and profile is not None and scenario.heterogeneity != "single_input"
-            and replace(scenario.setup(profile), **spec.training_overrides).sampling
-            == "pooled"):
+            and scenario.setup(profile).with_overrides(spec.training_overrides, spec.name)
+            .sampling == "pooled"):
         raise IncompatibleError(
             f"method {spec.name!r}: weighting {spec.weighting!r} needs every task's "
             f"representation in every batch, but scenario {scenario.name!r} draws pooled "
             f"batches in profile {profile!r} (some tasks are absent from a batch); "
             "--set train.sampling=per_task gives every task rows in every step")
     backbone, _ = spec.resolve_backbone(scenario.backbone_of(profile), {})
-    if spec.backbone is not None:
-        backbones.get(spec.backbone)  # an unknown name: UnknownNameError with suggestions
     where = (f"the {backbone!r} backbone override" if spec.backbone is not None
              else f"scenario {scenario.name!r}'s backbone {backbone!r}")
     allowed = ENCODER_BACKBONES.get(arch.needs_encoder)
@@ -242,6 +294,7 @@ def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None =
         raise IncompatibleError(
             f"method {spec.name!r} needs {ENCODER_LABELS[arch.needs_encoder]}, but runs on "
             f"{where}")
+    check_settings(spec, scenario, profile)
 
 
 def make_decoder(task: TaskSpec, in_channels: int, input_shape: tuple[int, int, int]) -> nn.Module:

@@ -23,7 +23,9 @@
   ``window_partition``): α is given per sample and broadcast over that sample's tokens/windows.
   Paths: ``grouped`` (per-sample weights, one batched matmul: Eq. 2–3), ``split``, ``sum`` (the
   low-rank products ``x A_kᵀ B_kᵀ`` weighted by α) and ``auto``, as for the convolution.
-* :func:`add_mola` wraps every ``Conv2d`` — and every ``nn.Linear`` whose attribute name is in
+* :func:`add_mola` wraps every block ``Conv2d`` (not the 1x1 projection shortcuts, as the
+  reference's ``ResNet50_LoraGrad``; ``adapt_shortcut=True`` wraps them too) — and every
+  ``nn.Linear`` whose attribute name is in
   ``linear_targets`` (default ``qkv``, ``proj``, ``fc1``, ``fc2``: a Swin block's attention and MLP,
   not the patch merging's reduction) — of chosen stages of a staged encoder (placement, default
   ``[3]`` = Block4 of a ResNet or the last Swin stage, Table 7; rank 4, Table 6; per-stage ranks
@@ -39,12 +41,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from bench.data.settings import Settings, later
 from bench.models.compat import CompatArchitecture
 
 Path = Literal["auto", "grouped", "split", "sum"]
@@ -311,14 +315,20 @@ def resolve_placement(encoder: nn.Module, placement: Sequence[int | str] | str
 LINEAR_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
 
 
+#: the modules holding a residual block's projection shortcut (ours, torchvision's / timm's)
+SHORTCUTS: tuple[str, ...] = ("shortcut", "downsample")
+
+
 def add_mola(encoder: nn.Module, num_adapters: int, placement: Sequence[int | str] | str = (3,),
              rank: int | Sequence[int] | dict[Any, int] = 4, alpha: float = 16.0,
-             path: Path = "auto", linear_targets: Sequence[str] = LINEAR_TARGETS
-             ) -> list[MoLALayer]:
-    """Replace every ``Conv2d`` inside the chosen stages of a staged encoder by a
-    :class:`MoLAConv2d`, and every ``nn.Linear`` named in ``linear_targets`` by a
-    :class:`MoLALinear` (in place); return the new layers. ``rank``: one rank, one per placed
-    stage (aligned with ``placement``), or ``{stage: rank}``."""
+             path: Path = "auto", linear_targets: Sequence[str] = LINEAR_TARGETS,
+             adapt_shortcut: bool = False) -> list[MoLALayer]:
+    """Replace every ``Conv2d`` of the residual blocks inside the chosen stages of a staged
+    encoder by a :class:`MoLAConv2d` — the block convolutions, not the 1x1 projection shortcuts
+    (modules named in :data:`SHORTCUTS`) unless ``adapt_shortcut`` — and every ``nn.Linear``
+    named in ``linear_targets`` by a :class:`MoLALinear` (in place); return the new layers.
+    ``rank``: one rank, one per placed stage (aligned with ``placement``), or ``{stage: rank}``.
+    """
     stages = resolve_placement(encoder, placement)
     if isinstance(rank, dict):
         ranks = {s: int(rank.get(s, rank.get(str(s), 4))) for s in stages}
@@ -328,18 +338,21 @@ def add_mola(encoder: nn.Module, num_adapters: int, placement: Sequence[int | st
         if len(rank) != len(stages):
             raise ValueError("rank: give one rank per placed stage")
         ranks = dict(zip(stages, (int(r) for r in rank)))
+    skip = () if adapt_shortcut else SHORTCUTS
     layers: list[MoLALayer] = []
     for s in stages:
         root = encoder.stem if s == "stem" else encoder.stages[s]  # type: ignore[index]
-        layers += _wrap_layers(root, num_adapters, ranks[s], alpha, path, tuple(linear_targets))
+        layers += _wrap_layers(root, num_adapters, ranks[s], alpha, path, tuple(linear_targets),
+                               skip)
     return layers
 
 
 def _wrap_layers(root: nn.Module, num_adapters: int, rank: int, alpha: float, path: Path,
-                 linear_targets: tuple[str, ...]) -> list[MoLALayer]:
+                 linear_targets: tuple[str, ...], skip: tuple[str, ...] = ()
+                 ) -> list[MoLALayer]:
     layers: list[MoLALayer] = []
     for name, child in list(root.named_children()):
-        if isinstance(child, (MoLAConv2d, MoLALinear)):
+        if isinstance(child, (MoLAConv2d, MoLALinear)) or name in skip:
             continue
         layer: MoLALayer
         if isinstance(child, nn.Conv2d):
@@ -347,7 +360,7 @@ def _wrap_layers(root: nn.Module, num_adapters: int, rank: int, alpha: float, pa
         elif isinstance(child, nn.Linear) and name in linear_targets:
             layer = MoLALinear(child, num_adapters, rank, alpha, path)
         else:
-            layers += _wrap_layers(child, num_adapters, rank, alpha, path, linear_targets)
+            layers += _wrap_layers(child, num_adapters, rank, alpha, path, linear_targets, skip)
             continue
         setattr(root, name, layer)
         layers.append(layer)
@@ -385,6 +398,43 @@ def run_stages(encoder: nn.Module, x: torch.Tensor, start: int, stop: int | None
     return x
 
 
+Stage = Annotated[int, Field(ge=0, le=15)] | Literal["stem"]
+AdapterRank = Annotated[int, Field(ge=1, le=1024)]
+
+
+class MoLASettings(Settings):
+    """``arch.*`` of MoLA-Grad (and the adapters of MoLA-Router)."""
+
+    placement: Annotated[list[Stage], Field(min_length=1)] | Literal["all"] = Field(
+        [3], description="stage indices (Block k = k-1) and/or 'stem', or 'all' (MoLA Table 7)")
+    rank: AdapterRank | list[AdapterRank] | dict[str, AdapterRank] = Field(
+        4, description="one rank, one per placed stage, or {stage: rank} (MoLA Table 6)")
+    alpha: Annotated[float, Field(gt=0.0, le=1e4)] = Field(
+        16.0, description="adapter scaling alpha / rank")
+    path: Literal["auto", "grouped", "split", "sum"] = "auto"
+    adapt_shortcut: bool = Field(False, description=(
+        "also adapt the 1x1 projection shortcuts (the reference adapts the block convolutions "
+        "only)"))
+    linear_targets: Annotated[tuple[Annotated[str, Field(min_length=1)], ...],
+                              Field(min_length=1)] = later(
+        LINEAR_TARGETS, description="Transformer backbones: the nn.Linear names adapted")
+
+
+class MoLARouterSettings(MoLASettings):
+    """``arch.*`` of MoLA-Router: MoLA's adapters, the router and the TwD loss."""
+
+    num_adapters: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="K, default the number of tasks (MoLA Table 11)")
+    twd_weight: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        0.1, description="lambda of the TwD loss, 0 = off")
+    twd_dim: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="d of the TwD feature map (MoLA Table 10)")
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    router_blocks: Annotated[int, Field(ge=1, le=16)] = 3
+    single_input_mode: Literal["per_task", "shared"] = "per_task"
+    twd_input: Literal["scores", "gates"] = "scores"
+
+
 class MoLAArchitecture(CompatArchitecture):
     """Base of the MoLA architectures: one staged encoder (shared ``W``) whose chosen stages carry
     K adapters, and one decoder per task. The encoder is a ResNet (adapters on its convolutions)
@@ -400,13 +450,13 @@ class MoLAArchitecture(CompatArchitecture):
                  num_adapters: int | None = None, placement: Sequence[int | str] | str = (3,),
                  rank: int | Sequence[int] | dict[Any, int] = 4, alpha: float = 16.0,
                  path: Path = "auto", linear_targets: Sequence[str] = LINEAR_TARGETS,
-                 **kwargs: Any) -> None:
+                 adapt_shortcut: bool = False, **kwargs: Any) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device,
                          **kwargs)
         self.num_adapters = int(num_adapters or len(task_name))
         self.encoder = self.encoder_class()
         self.mola = add_mola(self.encoder, self.num_adapters, placement, rank, alpha, path,
-                             linear_targets)
+                             linear_targets, adapt_shortcut)
         if not self.mola:
             raise ValueError(f"placement {placement!r} wraps no convolution or linear layer")
         self.first_adapted = first_adapted_stage(self.encoder)

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.scenario import TaskSpec, is_dense
-from bench.models.backbones import PRETRAINED, backbones, timm_pretrained_state
+from bench.data.settings import Settings, later
+from bench.models.backbones import PRETRAINED, backbones, declares, timm_pretrained_state
 from bench.models.compat import CompatArchitecture
 
 
@@ -213,7 +215,33 @@ class SwinBackbone(nn.Module):
         return x
 
 
+Small = Annotated[int, Field(ge=1, le=64)]
+
+
+class SwinSettings(Settings):
+    """``backbone.*`` of the Swin Transformers (:class:`SwinBackbone`; the embedded one's
+    defaults, ``swin_t`` sets Swin-T's)."""
+
+    img_size: Annotated[int, Field(ge=8, le=2048)] | None = Field(
+        None, description="default: the input's size (swin_t: 448 or 224)")
+    patch_size: Small = 2
+    window_size: Small = 2
+    embed_dim: Annotated[int, Field(ge=1, le=1024)] = 24
+    depths: Annotated[tuple[Small, ...], Field(min_length=1, max_length=8)] = (1, 1, 2, 1)
+    num_heads: Annotated[tuple[Small, ...], Field(min_length=1, max_length=8)] = (1, 2, 4, 8)
+    drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    checkpoint: str | None = Field(None, description="a local timm or Microsoft Swin file")
+    pretrained: bool | str = Field(False, description="true: timm's ImageNet-1k Swin-T")
+
+    @model_validator(mode="after")
+    def _one_entry_per_stage(self) -> SwinSettings:
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("backbone.depths and backbone.num_heads need one entry per stage")
+        return self
+
+
 @backbones.register("swin_embedded", description="CPU-sized timm Swin (32px, window 2)")
+@declares(SwinSettings)
 def swin_embedded(in_channels: int = 1, input_shape: Any = None, **kwargs: Any) -> SwinBackbone:
     """Patch 2, window 2, width 24, depths 1-1-2-1; ``img_size`` defaults to the input's size
     (no resizing: 16x16 inputs give 8x8 tokens, stages at 8, 4, 2, 1)."""
@@ -229,6 +257,7 @@ PRETRAINED_SWIN = PRETRAINED["swin_t"]
 
 
 @backbones.register("swin_t", description="Swin-T, 448px on PASCAL-Context (MTLoRA), else 224px")
+@declares(SwinSettings)
 def swin_t(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> SwinBackbone:
     """Swin-T (embed 96, depths 2-2-6-2, window 7). ``img_size`` defaults to MTLoRA's 448 for
     inputs of at least 448 pixels, else ImageNet's 224 (inputs are resized to it);
@@ -452,10 +481,38 @@ class MTLoRASwin(nn.Module):
 #: defaults for the embedded (CPU-sized, embed width 24) scenarios. The paper's Swin-T (width 96)
 #: settings are rank 16/32/64, task rank 4 and decoder widths (18, 36, 72, 144); the shared rank
 #: here keeps the paper's middle ratio rank/width = 1/3 (32/96 -> 8/24).
-DEFAULTS: dict[str, Any] = {
-    "rank": 8, "task_rank": 4, "scale": 4.0, "task_scale": 4.0, "dropout": 0.05,
-    "decoder_channels": (8, 16, 32, 64), "decoder_expansion": 4,
-}
+Rank = Annotated[int, Field(ge=0, le=1024)]
+Scale = Annotated[float, Field(gt=0.0, le=1e4)]
+
+
+class MTLoRASettings(Settings):
+    """``arch.*`` of MTLoRA (defaults scaled to the embedded Swin; ``paper_scale`` restores
+    Table 1's)."""
+
+    rank: Rank = Field(8, description="shared (TA-LoRA) rank, 0 = none")
+    task_rank: Rank = Field(4, description="task-specific (TS-LoRA) rank, 0 = none")
+    scale: Scale = 4.0
+    task_scale: Scale = 4.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    decoder_channels: Annotated[tuple[Annotated[int, Field(ge=1, le=4096)], ...],
+                                Field(min_length=1, max_length=8)] = (8, 16, 32, 64)
+    decoder_expansion: Annotated[int, Field(ge=1, le=64)] = 4
+    locations: Annotated[tuple[Literal["qkv", "proj", "fc1", "fc2"], ...],
+                         Field(max_length=4)] = later(LOCATIONS, description=(
+                             "layers with low-rank modules (MTLoRA Table 2)"))
+    plus: bool = later(False, description="MTLoRA+: low-rank patch merging")
+    precise_bn_samples: Annotated[int, Field(ge=0, le=10**7)] = later(
+        0, description="re-estimate the decoders' BatchNorm statistics on this many samples")
+
+
+class MTLoRAPlusSettings(MTLoRASettings):
+    """``arch.*`` of MTLoRA+ (shared rank = task rank = 4, MTLoRA Table 1's 2.57M row)."""
+
+    rank: Rank = Field(4, description="shared (TA-LoRA) rank, 0 = none")
+    task_rank: Rank = Field(4, description="task-specific (TS-LoRA) rank, 0 = none")
+
+
+DEFAULTS: dict[str, Any] = MTLoRASettings.defaults()
 
 
 def paper_scale(rank: int, task_rank: int = 4) -> dict[str, Any]:

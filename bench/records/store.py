@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REQUIRED_KEYS = (
-    "method", "scenario", "seed", "profile", "config", "config_hash", "metrics",
-    "trainable_params", "total_params", "wall_time_s", "versions", "status",
-)
-STATUSES = ("ok", "diverged", "failed")
+from bench.records.schema import record_problem
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.+=\-\[\],]")
 
 
@@ -54,17 +51,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def validate(record: Any) -> str | None:
-    """``None`` when ``record`` is a well-formed record, else what is wrong with it."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
-        return f"missing keys {missing}"
-    if record["status"] not in STATUSES:
-        return f"unknown status {record['status']!r}"
-    if record["status"] == "ok" and not isinstance(record["metrics"].get("test"), dict):
-        return "status ok but no test metrics"
-    return None
+    """``None`` when ``record`` is a well-formed record (:mod:`bench.records.schema`), else one
+    line saying what is wrong with it."""
+    return record_problem(record)
 
 
 @dataclass
@@ -80,22 +69,35 @@ def iter_record_files(results_dir: Path) -> Iterator[Path]:
                           if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a valid run record at ``path``; ``(None, problem)`` when the file
+    exists but is unreadable or does not match the schema; ``(None, None)`` when it is absent
+    (or is not a run record)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, f"unreadable ({err.__class__.__name__}: {err})"
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        return None, f"unreadable JSON ({err.__class__.__name__}: {err})"
+    if isinstance(record, dict) and record.get("kind", "run") != "run":
+        return None, None
+    problem = validate(record)
+    return (None, problem) if problem else (record, None)
+
+
 def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[BadRecord]]:
-    """All valid records under ``results_dir`` (sorted by path) and the unreadable ones."""
+    """All valid records under ``results_dir`` (sorted by path) and the invalid ones."""
     good: list[dict[str, Any]] = []
     bad: list[BadRecord] = []
     for path in iter_record_files(results_dir):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            bad.append(BadRecord(path, f"unreadable JSON ({err.__class__.__name__}: {err})"))
-            continue
-        if isinstance(record, dict) and record.get("kind", "run") != "run":
-            continue
-        problem = validate(record)
+        record, problem = read_record(path)
         if problem:
             bad.append(BadRecord(path, problem))
-        else:
+        elif record is not None:
             record["_path"] = str(path)
             good.append(record)
     return good, bad
@@ -103,9 +105,7 @@ def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[BadRecor
 
 def find_record(results_dir: Path, profile: str, scenario: str, label: str, seed: int,
                 config_hash: str) -> dict[str, Any] | None:
-    path = record_path(results_dir, profile, scenario, label, seed, config_hash)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if validate(record) is None and record["config_hash"] == config_hash else None
+    """The valid record of this run (any status), or None."""
+    record, _ = read_record(record_path(results_dir, profile, scenario, label, seed,
+                                        config_hash))
+    return record if record is not None and record["config_hash"] == config_hash else None

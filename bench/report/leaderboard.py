@@ -57,9 +57,18 @@ def delta_m(metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, 
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
+    """Mean and sample standard deviation; ``nan`` (shown as such) when a value is not finite
+    or the sums overflow, never an exception."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    try:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    except OverflowError:
+        return math.nan, math.nan
+
+
+def _mean(values: Any) -> float:
+    return _mean_std(list(values))[0]
 
 
 def _decimals(value: float) -> int:
@@ -93,12 +102,32 @@ class Row:
     excluded: list[str]
 
 
+def _consistent(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[BadRecord]]:
+    """The records whose tasks and metrics are those of the other ``ok`` records of their
+    scenario and profile (the first one, by path, sets them), and the others as warnings."""
+    reference: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
+    kept, dropped = [], []
+    for rec in records:
+        if rec["status"] != "ok":
+            kept.append(rec)
+            continue
+        shape = [(t["name"], tuple(m["name"] for m in t["metrics"])) for t in rec["tasks"]]
+        expected = reference.setdefault((rec["profile"], rec["scenario"]), shape)
+        if shape == expected:
+            kept.append(rec)
+        else:
+            dropped.append(BadRecord(Path(rec["_path"]), f"its tasks and metrics differ from "
+                                     f"the other records of {rec['scenario']} "
+                                     f"({rec['profile']}): {[n for n, _ in shape]}"))
+    return kept, dropped
+
+
 def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], dict[str, list]]:
     groups: dict[tuple[str, str, str | None], dict[str, list]] = defaultdict(
         lambda: defaultdict(list))
     for rec in records:
         key = (rec["profile"], rec["scenario"], rec.get("ablation"))
-        groups[key][rec.get("label", rec["method"])].append(rec)
+        groups[key][rec.get("label") or rec["method"]].append(rec)
     return groups
 
 
@@ -107,7 +136,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
     ok_base = [r for r in baseline_records if r["status"] == "ok"]
     baseline = None
     if ok_base:
-        baseline = {t["name"]: {m["name"]: statistics.fmean(
+        baseline = {t["name"]: {m["name"]: _mean(
             r["metrics"]["test"][t["name"]][m["name"]] for r in ok_base) for m in t["metrics"]}
             for t in tasks}
     rows = []
@@ -125,7 +154,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
                 cells[(t["name"], m["name"])] = _mean_std(vals)
         avg = None
         if report_average:
-            avg = _mean_std([statistics.fmean(
+            avg = _mean_std([_mean(
                 r["metrics"]["test"][t["name"]][t["metrics"][0]["name"]] for t in tasks)
                 for r in ok])
         delta = None
@@ -135,7 +164,7 @@ def _rows(by_label: dict[str, list[dict[str, Any]]], baseline_records: list[dict
             except ZeroDivisionError:
                 delta = None  # a baseline metric is 0: Δm% undefined (footnoted)
         rows.append(Row(label, [r["seed"] for r in ok], cells, avg, delta,
-                        statistics.fmean(r["trainable_params"] for r in ok), excluded))
+                        _mean(r["trainable_params"] for r in ok), excluded))
     return rows
 
 
@@ -147,11 +176,15 @@ def _natural(label: str) -> list[Any]:
             for part in re.split(r"(\d+)", label)]
 
 
-def _bold_best(rows: list[Row], key: Any, higher: bool) -> str | None:
-    vals = [(key(r)[0], r.label) for r in rows if key(r) is not None]
-    if not vals:
-        return None
-    return (max(vals) if higher else min(vals))[1]
+def _bold(rows: list[Row], key: Any, higher: bool) -> set[str]:
+    """The rows to bold in a column: every row whose mean, at the precision the best one is
+    shown with, equals the best (ties are all bold; nothing when there is one row)."""
+    values = [(key(r)[0], r.label) for r in rows if key(r) is not None and math.isfinite(key(r)[0])]
+    if len(rows) < 2 or not values:
+        return set()
+    best = max(v for v, _ in values) if higher else min(v for v, _ in values)
+    shown = _fmt(best)
+    return {label for value, label in values if _fmt(value, _decimals(best)) == shown}
 
 
 def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
@@ -170,18 +203,18 @@ def _table(rows: list[Row], tasks: list[dict[str, Any]], report_average: bool,
     header.append("Δm% ↓")
     columns.append(((lambda r: r.delta if r.label != baseline_label else None), False))
     header += ["Trainable params", "Seeds"]
-    best = [_bold_best(rows, key, higher) for key, higher in columns]
+    bold = [_bold(rows, key, higher) for key, higher in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.label + (" †" if row.excluded else "")]
-        for (key, _), best_label in zip(columns, best):
+        for (key, _), bold_labels in zip(columns, bold):
             value = key(row)
             if value is None:
                 cells.append("-")
                 continue
             decimals = _decimals(value[0])
             text = f"{_fmt(value[0], decimals)} ± {_fmt(value[1], decimals)}"
-            cells.append(f"**{text}**" if row.label == best_label and len(rows) > 1 else text)
+            cells.append(f"**{text}**" if row.label in bold_labels else text)
         cells += [_fmt_params(row.trainable), str(len(row.seeds))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -208,7 +241,7 @@ def _param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
         scaling = next((r.get("param_scaling") for r in recs if r.get("param_scaling")), None)
         if not scaling:
             continue
-        arch = recs[0]["config"].get("method_identity", {}).get("architecture", label)
+        arch = str((recs[0]["config"].get("method_identity") or {}).get("architecture", label))
         points = sorted((int(k), v) for k, v in scaling.items())
         key = arch if _close(curves.get(arch, points), points) else label
         curves[key] = points
@@ -242,6 +275,8 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
            ) -> tuple[str, list[BadRecord]]:
     """Build the leaderboard markdown (and plots) from the records under ``results_dir``."""
     records, bad = load_records(results_dir)
+    records, inconsistent = _consistent(records)
+    bad = sorted(bad + inconsistent, key=lambda b: str(b.path))
     output = Path(output)
     plots_dir = Path(plots_dir) if plots_dir else Path(results_dir) / "plots"
     lines = [
@@ -252,7 +287,7 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None
         "lowest validation score (mean over tasks of the validation loss relative to its "
         "first-epoch value); mean ± std over seeds. Δm% (MoLA §5.3): mean relative "
         "performance *drop* against Single-task over each task's metrics, lower is better. "
-        "Best value of each column in bold.",
+        "Best value of each column in bold (every row equal to it at the shown precision).",
         "",
     ]
     groups = _group(records)

@@ -301,12 +301,15 @@ def epoch_steps(train_sizes: list[int], batch_size: int, multi_input: bool,
     return math.ceil(train_sizes[0] / batch_size)
 
 
-def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any]
-                  ) -> Any:
+def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any],
+                  present: list[bool] | None = None) -> Any:
     """Backpropagate one step: the model's auxiliary loss if it has one (MoLA-Router's TwD),
     then the task losses through the method's weighting (T backward passes for weightings that
-    need per-task gradients). Returns what the weighting's ``backward`` returns (its task
-    weights of this step, or ``None``)."""
+    need per-task gradients). ``present``: which tasks have samples in the batch (pooled
+    sampling may leave some out); the weighting sees it as ``batch_tasks`` and gives gradient
+    weightings only the present tasks (:class:`bench.models.compat.CompatWeighting`). Returns
+    what the weighting's ``backward`` returns (its task weights of this step, or ``None``)."""
+    model.batch_tasks = present
     aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
     if aux is not None:
         aux.backward(retain_graph=True)
@@ -412,7 +415,9 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
-            trajectory.add(backward_step(model, losses, weighting_kwargs))
+            trajectory.add(backward_step(
+                model, losses, weighting_kwargs,
+                [len(batch[1][t]) > 0 for t in names] if pooled else None))
             if setup.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, setup.grad_clip)
             optimizer.step()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.data.scenario import DataMissingError, Scenario, TrainingSetup
+from bench.data.settings import SettingsError, UnknownSettingError
 from bench.models.backbones import weights_problem
 from bench.models.method import (
     IncompatibleError,
@@ -90,16 +91,27 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def resolved_setup(spec: MethodSpec, scen: Scenario, profile: str) -> TrainingSetup:
-    """The scenario profile's training setup with the method's ``train.*`` overrides."""
-    setup = scen.setup(profile)
-    if not spec.training_overrides:
-        return setup
-    known = [f.name for f in fields(TrainingSetup)]
-    unknown = set(spec.training_overrides) - set(known)
-    if unknown:
-        raise ValueError(f"unknown training setting(s) {sorted(unknown)}; "
-                         f"known: {', '.join(known)}")
-    return replace(setup, **spec.training_overrides)
+    """The scenario profile's training setup with the method's ``train.*`` overrides, validated
+    against :class:`TrainingSetup`'s declared types and ranges."""
+    return scen.setup(profile).with_overrides(spec.training_overrides,
+                                              f"method {spec.name!r} on {scen.name} ({profile})")
+
+
+#: the seeds a run takes: numpy's seed range (``seed_everything`` seeds numpy with it)
+MAX_SEED = 2**32 - 1
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    """``seeds`` if each is an integer in [0, 2^32) and none repeats; else one line."""
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise SettingsError(f"--seeds: {seed!r} is not a seed; seeds are integers from 0 to "
+                                f"{MAX_SEED}, e.g. --seeds 0,1,2")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise SettingsError(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed "
+                            "once (a seed is one run)")
+    return seeds
 
 
 def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profile: str,
@@ -197,10 +209,12 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
     request and is skipped by ``--all``; with ``require_data=False`` (``--dry-run``) it is
     planned anyway and listed in ``plan.missing_data``, and so is a run whose backbone weights
     are unavailable (``plan.missing_weights``)."""
+    check_seeds(seeds)
     method_list = _names(method_names, methods, run_all)
     scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
     explicit = bool(method_names) and bool(scenario_names)
     plan = Plan([])
+    unknown: list[UnknownSettingError] = []
     for scenario in scenario_list:
         scen = scenarios.get(scenario)()
         if profile not in scen.profiles:
@@ -226,6 +240,12 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
                     raise
                 plan.skipped.append((method, scenario, str(err)))
                 continue
+            except UnknownSettingError as err:
+                if method_names:  # a named method must take every --set key
+                    raise
+                unknown.append(err)  # --all: the methods that have the setting run it
+                plan.skipped.append((method, scenario, str(err)))
+                continue
             problem = weights_problem_of(spec, scen, profile)
             if problem and not require_data:
                 plan.missing_weights.append((method, scenario, problem))
@@ -237,12 +257,15 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
             for seed in seeds:
                 plan.runs.append(resolve_run(spec, method, scen, seed, profile, overrides,
                                              override_label(method, overrides)))
+    if unknown and not plan.runs:
+        raise unknown[0]
     return plan
 
 
 def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int],
                     profile: str) -> Plan:
     """An ablation preset: a list of ``(label, method, overrides)`` variants on its scenarios."""
+    check_seeds(seeds)
     preset = ablations.get(name)
     scenario_list = scenario_names or list(preset.scenarios)
     plan = Plan([])

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.records import find_record
+from bench.records import find_record, record_path
 from bench.run.backends import get_backend
+from bench.run.locks import claim, release
 from bench.run.plan import RunSpec
 from bench.run.worker import run_one
 
@@ -36,19 +37,43 @@ class SweepSummary:
         return [r for r in self.results if r["status"] == "failed"]
 
 
-def pending(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
-    return [r for r in runs if find_record(results_dir, r.profile, r.scenario, r.display, r.seed,
-                                           r.config_hash) is None]
+def pending(runs: list[RunSpec], results_dir: Path, retry_failed: bool = True
+            ) -> list[RunSpec]:
+    """The runs without a valid record — and, with ``retry_failed``, those whose record says
+    ``failed`` or ``diverged``. A lock left beside a done run's record by a process that is gone
+    (``kill -9`` between writing the record and releasing the lock) is removed."""
+    todo = []
+    for run in runs:
+        record = find_record(results_dir, run.profile, run.scenario, run.display, run.seed,
+                             run.config_hash)
+        if record is None or (retry_failed and record["status"] != "ok"):
+            todo.append(run)
+        else:
+            _remove_stale_lock(record_path(results_dir, run.profile, run.scenario, run.display,
+                                           run.seed, run.config_hash))
+    return todo
+
+
+def _remove_stale_lock(record: Path) -> None:
+    lock = record.with_name(record.name + ".lock")
+    if not lock.exists():
+        return
+    try:
+        if claim(lock):  # taken over only when its owner is gone, then removed
+            release(lock)
+    except OSError:  # a read-only results folder: nothing to clean from here
+        pass
 
 
 def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
             on_result: Callable[[dict[str, Any]], None] | None = None,
             backend: Any = "local", backend_options: dict[str, Any] | None = None,
-            progress_runs: bool = False) -> SweepSummary:
+            progress_runs: bool = False, retry_failed: bool = True) -> SweepSummary:
     """Run every pending run of ``runs``: with ``jobs`` joblib workers (``backend="local"``) or
     on a distributed engine (``"dask"``, ``"ray"``, ``"slurm"`` with ``backend_options``, or a
-    :class:`bench.run.backends.Backend` instance; see :mod:`bench.run.backends`)."""
-    todo = pending(runs, results_dir)
+    :class:`bench.run.backends.Backend` instance; see :mod:`bench.run.backends`). Runs whose
+    record says ``failed`` or ``diverged`` run again unless ``retry_failed`` is False."""
+    todo = pending(runs, results_dir, retry_failed)
     summary = SweepSummary(total=len(runs), already_done=len(runs) - len(todo))
     start = time.perf_counter()
     cores = os.cpu_count() or 1

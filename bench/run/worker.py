@@ -8,7 +8,9 @@ partial file; the summary then says ``failed`` with the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +18,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.records import find_record, record_path, write_json_atomic
+from bench.records import (
+    find_record,
+    read_record,
+    record_path,
+    record_problem,
+    write_json_atomic,
+)
 from bench.run.locks import claim, release, remove_orphan_temp_files
 from bench.run.plan import RunSpec
 
@@ -35,7 +43,41 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[dist] = "absent"
     out["git_commit"] = _git_commit()
+    out.update(cpu_and_blas())
     return out
+
+
+def cpu_and_blas() -> dict[str, str]:
+    """What floating-point results depend on beyond the versions: the CPU model, the instruction
+    set torch dispatches to (``torch.backends.cpu.get_cpu_capability()``) and the BLAS / oneDNN
+    builds (``torch.__config__``). Recorded in ``versions``, outside the config hash: on another
+    CPU the same config gives close but not identical numbers (README, Reproducibility)."""
+    import torch
+
+    config = torch.__config__.show()
+    found = re.search(r"\bBLAS_INFO=([\w.-]+)", config)
+    blas = found.group(1) if found else "unknown"
+    library = next((line.strip(" -") for line in config.splitlines()
+                    if "Math Kernel Library" in line or "OpenBLAS" in line), "")
+    onednn = next((line.strip(" -") for line in config.splitlines() if "MKL-DNN" in line
+                   or "oneDNN" in line), "absent")
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return {"cpu": _cpu_model(), "cpu_capability": capability,
+            "blas": f"{blas}: {library}" if library else blas,
+            "onednn": onednn.split(" (Git")[0]}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _git_commit() -> str:
@@ -69,9 +111,10 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
     lock = path.with_name(path.name + ".lock")
     short = {"label": run.display, "scenario": run.scenario, "seed": run.seed}
 
-    def done() -> bool:
-        return find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
-                           cfg_hash) is not None
+    def done() -> bool:  # a failed or diverged record is retried (unless not planned)
+        found = find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                            cfg_hash)
+        return found is not None and found["status"] == "ok"
 
     if done():
         return {"status": "skipped", **short}
@@ -86,6 +129,7 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
         if done():  # finished by another sweep between the check and the claim
             return {"status": "skipped", **short}
         remove_orphan_temp_files(path)
+        attempts = earlier_attempts(path)
         record: dict[str, Any] = {
             "kind": "run",
             "method": run.method,
@@ -102,6 +146,7 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             "trainable_params": None,
             "total_params": None,
             "wall_time_s": None,
+            **({"attempts": attempts} if attempts else {}),
         }
         start = time.perf_counter()
         try:
@@ -129,6 +174,9 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             record.update(status="failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=20),
                           wall_time_s=round(time.perf_counter() - start, 3))
+        problem = record_problem(json.loads(json.dumps(record, default=str)))
+        if problem and record["status"] == "ok":  # e.g. a NaN test metric: not a finished run
+            record.update(status="failed", error=f"the run's record is invalid: {problem}")
         try:
             write_json_atomic(path, record)
         except OSError as err:  # e.g. ENOSPC: nothing partial is left, the sweep goes on
@@ -140,6 +188,20 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
                 "wall_time_s": record["wall_time_s"]}
     finally:
         release(lock)
+
+
+def earlier_attempts(path: Path) -> list[dict[str, Any]]:
+    """What the record this run replaces says: its own earlier attempts, then its status and
+    error (a failed or diverged run being retried), or the problem of an invalid record."""
+    record, problem = read_record(path)
+    if problem:
+        return [{"status": "invalid", "error": problem}]
+    if record is None:
+        return []
+    keep = ("status", "error", "traceback", "diverged_at_step", "wall_time_s")
+    last = {key: record[key] for key in keep if record.get(key) is not None}
+    last["git_commit"] = record["versions"].get("git_commit", "unknown")
+    return [*record.get("attempts", []), last]
 
 
 @contextlib.contextmanager
