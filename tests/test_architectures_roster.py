@@ -1,0 +1,124 @@
+"""MTAN (issue 14): hand-checked parameter counts, each architecture's
+defining behaviour, gradient isolation where the paper claims it, the fused multi-input pass and
+planning-time refusals. Smoke training of every method is in ``test_methods_smoke.py``.
+
+Parameter counts use the tiny single-input scenario of ``conftest.py`` (input 1x8x8, 3 tasks,
+ResNet widths 4-4-8-8, one basic block per stage, strides 1-2-1-2). Its encoder has 2,884
+parameters: stem 36 + 8 (3x3 conv 1->4, BN), stage 0 304 (two 3x3 convs 4->4, two BN),
+stage 1 328 (304 + 1x1 shortcut 16 + BN 8), stage 2 944 (288 + 16 + 576 + 16 + shortcut
+32 + 16), stage 3 1,264 (576 + 16 + 576 + 16 + shortcut 64 + 16). Its stage outputs are
+4x8x8, 4x4x4, 8x4x4 and 8x2x2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from bench.models.method import IncompatibleError, build_model, check_compatible, resolve_method
+from bench.run.engine import compute_losses
+
+torch.set_num_threads(1)
+
+ROSTER = ("mtan",)
+ENCODER = 2884  # the tiny encoder, see the module docstring
+
+
+def body_params(model: nn.Module) -> int:
+    """Parameters outside the task decoders."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("decoders."))
+
+
+def grad_sum(module: nn.Module | list) -> float:
+    params = module.parameters() if isinstance(module, nn.Module) else module
+    return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+
+
+def build(name: str, tiny_scenario, kind: str = "single_input", **overrides):
+    _, data = tiny_scenario(kind)
+    spec = resolve_method(name).with_overrides({f"arch.{k}": v for k, v in overrides.items()})
+    torch.manual_seed(0)
+    return build_model(spec, data), data
+
+
+@pytest.mark.parametrize("name", ROSTER)
+@pytest.mark.parametrize("kind", ["domain", "multi_input"])
+def test_fused_equals_per_task(name: str, kind: str, tiny_scenario) -> None:
+    model, data = build(name, tiny_scenario, kind)
+    model.eval()
+    index = {t: torch.arange(i, i + 5) for i, t in enumerate(data.task_names)}
+    fused, out_f = compute_losses(model, data, data.train, index, fused=True)
+    per_task, out_p = compute_losses(model, data, data.train, index, fused=False)
+    assert torch.allclose(fused, per_task, atol=1e-5)
+    for task in data.task_names:
+        assert out_f[task].shape[0] == 5 and torch.allclose(out_f[task], out_p[task], atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), [
+    # 3 tasks x 608 attention parameters (per stage 56, 72, 240, 240) + f: 152 + 304 + 592
+    ("mtan", {}, ENCODER + 3 * 608 + 1048),
+])
+def test_parameter_counts(name: str, overrides: dict, expected: int, tiny_scenario) -> None:
+    model, _ = build(name, tiny_scenario, **overrides)
+    assert body_params(model) == expected
+
+
+def test_mtan_on_resnet18(tiny_scenario) -> None:
+    """ResNet-18 (two blocks per stage: u = first block's output): attention per task
+    8,576 + 49,920 + 198,144 + 789,504 (3c² + 6c for c = 128, 256, 512) and f
+    73,984 + 295,424 + 1,180,672 over the 11,176,512 of the encoder."""
+    _, data = tiny_scenario("multi_input")
+    data = replace(data, input_shape=(3, 32, 32), backbone="resnet18", backbone_kwargs={})
+    torch.manual_seed(0)
+    model = build_model(resolve_method("mtan"), data).eval()
+    assert body_params(model) == 11_176_512 + 2 * 1_046_144 + 1_550_080
+    feats, masks = model.attend(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+    assert [f.shape for f in feats] == [(2, 512, 1, 1)] * 2
+    assert [m.shape[1] for m in masks[0]] == [64, 128, 256, 512]
+
+
+def test_mtan_masks_are_per_task_in_unit_interval(tiny_scenario) -> None:
+    model, data = build("mtan", tiny_scenario)
+    x = data.train.inputs[:4]
+    feats, masks = model.attend(x, None)
+    assert len(masks) == 3 and all(len(m) == 4 for m in masks)
+    for task_masks in masks:
+        for mask, channels in zip(task_masks, (4, 4, 8, 8)):
+            assert mask.shape[:2] == (4, channels)
+            assert float(mask.detach().min()) >= 0.0 and float(mask.detach().max()) <= 1.0
+    assert not torch.allclose(masks[0][-1], masks[1][-1])  # each task has its own masks
+    # the attended feature is the mask times the shared feature of the stage (Eq. 1)
+    shared = model.encoder(x)
+    assert torch.allclose(feats[0], masks[0][-1] * shared)
+
+
+def test_mtan_gradient_isolation(tiny_scenario) -> None:
+    model, data = build("mtan", tiny_scenario)
+    model(data.train.inputs[:4])["cls"].sum().backward()
+    attention = dict(zip(data.task_names, model.attention))
+    assert grad_sum(attention["cls"]) > 0
+    assert grad_sum(attention["seg"]) == 0 and grad_sum(attention["depth"]) == 0
+    assert grad_sum(model.encoder) > 0 and grad_sum(model.shared_f) > 0
+    shared = {id(p) for p in model.get_share_params()}
+    assert shared == {id(p) for p in [*model.encoder.parameters(), *model.shared_f.parameters()]}
+
+
+def test_mtan_per_task_forward_leaves_other_attention_alone(tiny_scenario) -> None:
+    model, data = build("mtan", tiny_scenario, "multi_input")
+    model.train()
+    other = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("attention.1.")}
+    assert list(model(data.train.inputs["a"][:4], task_name="a")) == ["a"]
+    state = model.state_dict()
+    assert other and all(torch.equal(v, state[k]) for k, v in other.items())
+
+
+@pytest.mark.parametrize("name", ["mtan"])
+def test_staged_encoder_required_at_planning_time(name: str, tiny_scenario) -> None:
+    scenario, _ = tiny_scenario("single_input")
+    scenario.backbone = "vit"
+    with pytest.raises(IncompatibleError, match="staged") as err:
+        check_compatible(resolve_method(f"{name}+pcgrad"), scenario)
+    assert "\n" not in str(err.value)
