@@ -1,4 +1,4 @@
-"""MTAN (issue 14): hand-checked parameter counts, each architecture's
+"""MTAN and PLE (issue 14): hand-checked parameter counts, each architecture's
 defining behaviour, gradient isolation where the paper claims it, the fused multi-input pass and
 planning-time refusals. Smoke training of every method is in ``test_methods_smoke.py``.
 
@@ -23,7 +23,7 @@ from bench.run.engine import compute_losses
 
 torch.set_num_threads(1)
 
-ROSTER = ("mtan",)
+ROSTER = ("mtan", "ple")
 ENCODER = 2884  # the tiny encoder, see the module docstring
 
 
@@ -60,6 +60,12 @@ def test_fused_equals_per_task(name: str, kind: str, tiny_scenario) -> None:
 @pytest.mark.parametrize(("name", "overrides", "expected"), [
     # 3 tasks x 608 attention parameters (per stage 56, 72, 240, 240) + f: 152 + 304 + 592
     ("mtan", {}, ENCODER + 3 * 608 + 1048),
+    # 4 expert columns + task gates (65 + 257 + 65 + 129) x 2 outputs x 3 tasks
+    # + shared gates (65 + 257 + 65) x 4 outputs
+    ("ple", {}, 4 * ENCODER + 3 * 1032 + 1548),
+    # one level: CGC's model (4 encoders, one Linear(64, 2) gate per task)
+    ("ple", {"num_levels": 1}, 4 * ENCODER + 3 * 130),
+    ("cgc", {}, 4 * ENCODER + 3 * 130),
 ])
 def test_parameter_counts(name: str, overrides: dict, expected: int, tiny_scenario) -> None:
     model, _ = build(name, tiny_scenario, **overrides)
@@ -115,7 +121,38 @@ def test_mtan_per_task_forward_leaves_other_attention_alone(tiny_scenario) -> No
     assert other and all(torch.equal(v, state[k]) for k, v in other.items())
 
 
-@pytest.mark.parametrize("name", ["mtan"])
+def test_ple_levels_and_gates(tiny_scenario) -> None:
+    model, data = build("ple", tiny_scenario)
+    assert model.num_levels == 4 and model.groups == [[0], [1], [2], [3]]
+    task_gates, shared_gates = model.gates(data.train.inputs[:4])
+    assert len(shared_gates) == 3 and all(len(g) == 4 for g in task_gates)
+    assert all(g.shape == (4, 2) for gates in task_gates for g in gates)  # own + shared
+    assert all(g.shape == (4, 4) for g in shared_gates)  # 3 tasks' experts + shared
+    for g in [*shared_gates, *(g for gates in task_gates for g in gates)]:
+        assert torch.allclose(g.sum(1), torch.ones(4))
+    two, _ = build("ple", tiny_scenario, num_levels=2)
+    assert two.num_levels == 2 and two.groups == [[0, 1], [2, 3]] and len(two.gate_shared) == 1
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="num_levels"):
+            build("ple", tiny_scenario, num_levels=bad)
+
+
+def test_ple_gradients_follow_the_paper(tiny_scenario) -> None:
+    """Task 'cls' loss: the other tasks' last-level experts and gates get nothing; their
+    lower levels do, through the shared gate (PLE's design)."""
+    model, data = build("ple", tiny_scenario)
+    model(data.train.inputs[:4])["cls"].sum().backward()
+    last = model.num_levels - 1
+    for task in ("seg", "depth"):
+        columns = model.experts_specific[task]
+        gates = model.gate_specific[task]
+        assert grad_sum(columns[0][last]) == 0 and grad_sum(gates[last]) == 0
+        assert grad_sum(columns[0][0]) > 0 and grad_sum(gates[0]) > 0
+    assert grad_sum(model.experts_specific["cls"][0][last]) > 0
+    assert grad_sum(model.get_share_params()) > 0
+
+
+@pytest.mark.parametrize("name", ["mtan", "ple"])
 def test_staged_encoder_required_at_planning_time(name: str, tiny_scenario) -> None:
     scenario, _ = tiny_scenario("single_input")
     scenario.backbone = "vit"
