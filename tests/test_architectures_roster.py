@@ -1,4 +1,4 @@
-"""MTAN and PLE (issue 14): hand-checked parameter counts, each architecture's
+"""MTAN, PLE and DSelect-k (issue 14): hand-checked parameter counts, each architecture's
 defining behaviour, gradient isolation where the paper claims it, the fused multi-input pass and
 planning-time refusals. Smoke training of every method is in ``test_methods_smoke.py``.
 
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from bench.models.method import IncompatibleError, build_model, check_compatible, resolve_method
-from bench.run.engine import compute_losses
+from bench.run.engine import compute_losses, train
 
 torch.set_num_threads(1)
 
-ROSTER = ("mtan", "ple")
+ROSTER = ("mtan", "ple", "dselect_k")
 ENCODER = 2884  # the tiny encoder, see the module docstring
 
 
@@ -66,6 +66,8 @@ def test_fused_equals_per_task(name: str, kind: str, tiny_scenario) -> None:
     # one level: CGC's model (4 encoders, one Linear(64, 2) gate per task)
     ("ple", {"num_levels": 1}, 4 * ENCODER + 3 * 130),
     ("cgc", {}, 4 * ENCODER + 3 * 130),
+    # 4 experts + per task z: Linear(64, 2 selectors x 2 bits) 260, alpha: Linear(64, 2) 130
+    ("dselect_k", {}, 4 * ENCODER + 3 * 390),
 ])
 def test_parameter_counts(name: str, overrides: dict, expected: int, tiny_scenario) -> None:
     model, _ = build(name, tiny_scenario, **overrides)
@@ -152,6 +154,76 @@ def test_ple_gradients_follow_the_paper(tiny_scenario) -> None:
     assert grad_sum(model.get_share_params()) > 0
 
 
+def test_dselect_k_smooth_step_and_gates(tiny_scenario) -> None:
+    from bench.registry import architectures
+
+    module = __import__(architectures.get("dselect_k").cls.__module__, fromlist=["x"])
+    t = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+    s = module.smooth_step(t, gamma=1.0)
+    assert s.tolist() == pytest.approx([0, 0, 0.15625, 0.5, 0.84375, 1, 1])
+    model, data = build("dselect_k", tiny_scenario)
+    x = data.train.inputs[:6]
+    for task in data.task_names:
+        gate = model.gate(task, x)
+        assert gate.shape == (6, 4) and float(gate.detach().min()) >= 0
+        assert torch.allclose(gate.sum(1), torch.ones(6))  # 4 experts: a power of two
+    # saturated binary logits (|z| >= γ/2): every selector is one-hot, at most k = 2 experts
+    gate = model.gate_specific["cls"]
+    with torch.no_grad():
+        gate.z_logits.weight.zero_()
+        gate.z_logits.bias.copy_(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # experts 2 ("10"), 1
+    weights, selectors = gate(x)
+    assert torch.equal(selectors[0], torch.tensor([[0.0, 0, 1, 0], [0, 1, 0, 0]]))
+    assert int((weights > 0).sum(1).max()) <= 2 and torch.allclose(weights.sum(1), torch.ones(6))
+
+
+def test_dselect_k_training_reaches_exact_sparsity(tiny_scenario) -> None:
+    """The smooth-step reaches 0 and 1 at finite logits: fitting a target that only expert 3
+    reproduces, with the entropy penalty, makes every selector exactly one-hot, so at most
+    k = 2 weights are non-zero, and expert 3 carries almost all the weight."""
+    from bench.registry import architectures
+
+    module = __import__(architectures.get("dselect_k").cls.__module__, fromlist=["x"])
+    torch.manual_seed(0)
+    gate = module.DSelectKGate(input_size=5, num_experts=4, k=2, gamma=1.0)
+    x = torch.randn(16, 5)
+    experts = torch.arange(4.0)  # expert l outputs l
+    optimizer = torch.optim.Adam(gate.parameters(), lr=0.05)
+    for _ in range(300):
+        weights, selectors = gate(x)
+        loss = ((weights @ experts - 3.0) ** 2).mean() + gate.regulariser(selectors, 1e-2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        weights, selectors = gate(x)
+    assert set(selectors.unique().tolist()) == {0.0, 1.0}  # binary: one expert per selector
+    assert int((weights > 0).sum(1).max()) <= 2 and float(weights[:, 3].min()) > 0.99
+
+
+def test_dselect_k_regularisers(tiny_scenario) -> None:
+    model, data = build("dselect_k", tiny_scenario)  # 4 experts, no entropy term: no penalty
+    model.train()
+    model(data.train.inputs[:4])
+    assert model.auxiliary_loss() is None
+    model, data = build("dselect_k", tiny_scenario, num_experts=3, entropy_reg=1e-3)
+    model.train()
+    model(data.train.inputs[:4])
+    aux = model.auxiliary_loss()
+    # 3 tasks x 4 rows x 2 selectors: 1 / (reachable mass) >= 1 each, plus the entropy term
+    assert aux is not None and float(aux.detach()) >= 24 and aux.requires_grad
+    assert model.auxiliary_loss() is None  # consumed
+    model.eval()
+    model(data.train.inputs[:4])
+    assert model.auxiliary_loss() is None  # no penalty outside training
+    scenario, data = tiny_scenario("multi_input")
+    spec = resolve_method("dselect_k").with_overrides({"arch.num_experts": 3,
+                                                       "arch.entropy_reg": 1e-6})
+    result = train(spec, scenario, data, data.training, seed=0)
+    assert result.steps == 2 and all(v == v for m in result.test_metrics.values()
+                                     for v in m.values())
+
+
 @pytest.mark.parametrize("name", ["mtan", "ple"])
 def test_staged_encoder_required_at_planning_time(name: str, tiny_scenario) -> None:
     scenario, _ = tiny_scenario("single_input")
@@ -159,3 +231,4 @@ def test_staged_encoder_required_at_planning_time(name: str, tiny_scenario) -> N
     with pytest.raises(IncompatibleError, match="staged") as err:
         check_compatible(resolve_method(f"{name}+pcgrad"), scenario)
     assert "\n" not in str(err.value)
+    check_compatible(resolve_method("dselect_k"), scenario)  # any encoder, as MMoE
