@@ -1,4 +1,4 @@
-"""MTAN, PLE and DSelect-k (issue 14): hand-checked parameter counts, each architecture's
+"""MTAN, PLE, DSelect-k and LTB (issue 14): hand-checked parameter counts, each architecture's
 defining behaviour, gradient isolation where the paper claims it, the fused multi-input pass and
 planning-time refusals. Smoke training of every method is in ``test_methods_smoke.py``.
 
@@ -23,7 +23,7 @@ from bench.run.engine import compute_losses, train
 
 torch.set_num_threads(1)
 
-ROSTER = ("mtan", "ple", "dselect_k")
+ROSTER = ("mtan", "ple", "dselect_k", "ltb")
 ENCODER = 2884  # the tiny encoder, see the module docstring
 
 
@@ -68,6 +68,10 @@ def test_fused_equals_per_task(name: str, kind: str, tiny_scenario) -> None:
     ("cgc", {}, 4 * ENCODER + 3 * 130),
     # 4 experts + per task z: Linear(64, 2 selectors x 2 bits) 260, alpha: Linear(64, 2) 130
     ("dselect_k", {}, 4 * ENCODER + 3 * 390),
+    # shared stem 44 + 3 copies of the 4 stages (2,840 each) + 3 x (3 x 3) branch logits
+    ("ltb", {}, 44 + 3 * 2840 + 27),
+    # nodes 1-2-2-3: stages 0..3 in 1, 2, 2, 3 copies; logits 2x1 + 2x2 + 3x2
+    ("ltb", {"nodes": [1, 2, 2, 3]}, 44 + 304 + 2 * 328 + 2 * 944 + 3 * 1264 + 12),
 ])
 def test_parameter_counts(name: str, overrides: dict, expected: int, tiny_scenario) -> None:
     model, _ = build(name, tiny_scenario, **overrides)
@@ -224,7 +228,57 @@ def test_dselect_k_regularisers(tiny_scenario) -> None:
                                      for v in m.values())
 
 
-@pytest.mark.parametrize("name", ["mtan", "ple"])
+def test_ltb_branching_distribution_and_trees(tiny_scenario) -> None:
+    model, data = build("ltb", tiny_scenario)
+    probs = model.branch_probabilities()
+    assert [p.shape for p in probs] == [(3, 3)] * 3
+    assert all(torch.allclose(p.sum(-1), torch.ones(3)) for p in probs)
+    for choice in model.sample_tree():  # a hard tree: exactly one parent per node
+        assert set(choice.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(choice.sum(-1), torch.ones(3))
+    with torch.no_grad():
+        model.branch_logits[0].copy_(torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0]]))
+    assert model.tree()[0] == [0, 0, 2]
+    model.eval()  # evaluation uses the derived tree, deterministically
+    x = data.train.inputs[:4]
+    first = model(x)
+    assert all(torch.equal(first[t], v) for t, v in model(x).items())
+
+
+def test_ltb_temperature_schedule(tiny_scenario) -> None:
+    model, _ = build("ltb", tiny_scenario, tau0=4.0)
+    model.train()
+    temps = [model.temperature]
+    for _ in range(3):  # the engine: evaluation at the end of each epoch, then training again
+        model.eval()
+        model.train()
+        temps.append(model.temperature)
+    assert temps == pytest.approx([4.0, 4.0 / 2**0.5, 4.0 / 3**0.5, 2.0])
+
+
+def test_ltb_gradients_follow_the_tree(tiny_scenario) -> None:
+    """In the tree where every node hangs from node 0 of the stage above, task 'cls' (leaf 0)
+    reaches node 0 of every stage and no other node; the logits learn through the relaxation."""
+    model, data = build("ltb", tiny_scenario)
+    x = data.train.inputs[:4]
+    chain = [torch.tensor([[1.0, 0, 0]] * 3) for _ in model.branch_logits]
+    leaves = model.forward_tree(x, chain)
+    model.decoders["cls"](leaves[0]).sum().backward()
+    for layer in model.layers:
+        assert grad_sum(layer[0]) > 0
+        assert all(grad_sum(node) == 0 for node in layer[1:])
+    model.zero_grad()
+    model.train()
+    model(x)["cls"].sum().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in model.branch_logits)
+    shared = {id(p) for p in model.get_share_params()}
+    assert not shared & {id(p) for p in model.layers[-1].parameters()}  # leaves: task-specific
+    with pytest.raises(ValueError, match="nodes"):
+        build("ltb", tiny_scenario, nodes=[3, 3, 3, 2])
+
+
+@pytest.mark.parametrize("name", ["mtan", "ple", "ltb"])
 def test_staged_encoder_required_at_planning_time(name: str, tiny_scenario) -> None:
     scenario, _ = tiny_scenario("single_input")
     scenario.backbone = "vit"
