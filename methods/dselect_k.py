@@ -145,7 +145,8 @@ _DEFAULTS: dict[str, Any] = {"num_experts": 4, "num_nonzeros": 2, "gamma": 1.0,
 
 register_architecture(
     "dselect_k", DSelectK, description="shared experts, per-task DSelect-k gates (differentiable "
-    "top-k selection by smooth-step binary encoding)", defaults=_DEFAULTS)
+    "top-k selection by smooth-step binary encoding)", defaults=_DEFAULTS,
+    supports_rep_grad=True, supports_fused_multi_input=True)
 register_method(
     "dselect_k", architecture="dselect_k", weighting="ew",
     description="DSelect-k: shared experts with sparse differentiable per-task gates, equal "

@@ -133,7 +133,8 @@ _DEFAULTS: dict[str, Any] = {"nodes": None, "tau0": 1.0, "warmup_epochs": 0}
 
 register_architecture(
     "ltb", LTB, description="learning to branch: a tree over the encoder's stages, parents "
-    "chosen by Gumbel-softmax", defaults=_DEFAULTS, needs_encoder="staged")
+    "chosen by Gumbel-softmax", defaults=_DEFAULTS, needs_encoder="staged",
+    supports_rep_grad=True, supports_fused_multi_input=True)
 register_method(
     "ltb", architecture="ltb", weighting="ew",
     description="LTB: Gumbel-softmax-learnt branching tree over the encoder stages, equal "

@@ -175,7 +175,8 @@ _DEFAULTS: dict[str, Any] = {}
 
 register_architecture(
     "mtan", MTAN, description="shared staged encoder + per-task soft-attention masks after "
-    "every stage (MTAN)", defaults=_DEFAULTS, needs_encoder="staged")
+    "every stage (MTAN)", defaults=_DEFAULTS, needs_encoder="staged",
+    supports_rep_grad=True, supports_fused_multi_input=True)
 register_method(
     "mtan", architecture="mtan", weighting="ew",
     description="MTAN: per-task attention over a shared encoder, equal weights",

@@ -166,7 +166,8 @@ _DEFAULTS: dict[str, Any] = {"num_shared_experts": 1, "num_specific_experts": 1,
 
 register_architecture(
     "ple", PLE, description="progressive layered extraction: stacked CGC levels (task and shared "
-    "experts = encoder pieces, task and shared gates)", defaults=_DEFAULTS, needs_encoder="staged")
+    "experts = encoder pieces, task and shared gates)", defaults=_DEFAULTS, needs_encoder="staged",
+    supports_rep_grad=True, supports_fused_multi_input=True)
 register_method(
     "ple", architecture="ple", weighting="ew",
     description="PLE: multi-level extraction networks over encoder pieces, equal weights",

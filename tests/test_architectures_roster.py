@@ -254,6 +254,13 @@ def test_ltb_temperature_schedule(tiny_scenario) -> None:
         model.train()
         temps.append(model.temperature)
     assert temps == pytest.approx([4.0, 4.0 / 2**0.5, 4.0 / 3**0.5, 2.0])
+    warm, _ = build("ltb", tiny_scenario, warmup_epochs=1)
+    warm.train()  # epoch 0: every node gets the mean of its parents; epoch 1: a sampled tree
+    assert all(torch.equal(c, torch.full((3, 3), 1 / 3)) for c in warm._choices())
+    warm.eval()
+    warm.train()
+    assert all(torch.equal(c.sum(-1), torch.ones(3)) and int((c > 0).sum()) == 3
+               for c in warm._choices())
 
 
 def test_ltb_gradients_follow_the_tree(tiny_scenario) -> None:
