@@ -18,7 +18,8 @@ from bench.run.engine import compute_losses, make_optimizer, train
 torch.set_num_threads(1)
 
 KINDS = ("domain", "multi_input", "single_input")
-COMBINATIONS = ("mmoe+pcgrad", "cgc+cagrad", "cross_stitch+mgda_ub", "mmoe+mgda")
+COMBINATIONS = ("mmoe+pcgrad", "cgc+cagrad", "cross_stitch+mgda_ub", "mmoe+mgda", "mtan+pcgrad",
+                "ple+mgda_ub", "dselect_k+cagrad", "ltb+pcgrad")
 #: (method, kind) pairs that check_compatible must refuse; update when a method is restricted
 EXPECTED_INCOMPATIBLE: set[tuple[str, str]] = set()
 
