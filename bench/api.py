@@ -9,6 +9,7 @@ from bench.data.scenario import (
     TaskSpec,
     TrainingSetup,
 )
+from bench.data.search import Choice, Distribution, LogUniform, Uniform
 from bench.data.settings import Settings, later
 from bench.models.compat import CompatArchitecture, CompatWeighting
 from bench.models.method import (
@@ -22,10 +23,13 @@ from bench.registry import scenarios
 register_scenario = scenarios.register
 
 __all__ = [
+    "Choice",
     "CompatArchitecture",
     "CompatWeighting",
     "DataMissingError",
+    "Distribution",
     "DomainBedScenario",
+    "LogUniform",
     "MethodSpec",
     "RealScenario",
     "Scenario",
@@ -34,6 +38,7 @@ __all__ = [
     "Split",
     "TaskSpec",
     "TrainingSetup",
+    "Uniform",
     "later",
     "register_architecture",
     "register_method",

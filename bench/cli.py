@@ -150,12 +150,13 @@ def _progress_bar(total: int, initial: int) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.run import plan as planning
-    from bench.run.sweep import execute, pending
 
     seeds = _seeds(args.seeds)
     methods = _csv(args.method)
     scenarios = _csv(args.scenario)
     overrides = _overrides(args.set)
+    if args.search is not None:
+        return _run_search(args, seeds, methods, scenarios, overrides)
     if args.ablation:
         the_plan = planning.expand_ablation(args.ablation, scenarios, seeds, args.profile)
     else:
@@ -165,19 +166,40 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    require_data=not args.dry_run, overrides=overrides)
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
+    results_dir, leaderboard, engine = _run_outputs(args)
+    code, _ = _sweep(the_plan, args, results_dir, engine)
+    if not args.dry_run and not args.no_leaderboard:
+        _render(results_dir, leaderboard)
+    return code
+
+
+def _run_outputs(args: argparse.Namespace) -> tuple[Path, Path, Any]:
+    """The results folder, the leaderboard file and the backend of ``run``, checked before
+    anything is printed or trained (one line and exit 2 when unusable)."""
     results_dir = Path(args.results_dir)
     leaderboard = leaderboard_for(results_dir, args.leaderboard)
-    if not args.dry_run:  # before anything is printed or trained
+    engine = None
+    if not args.dry_run:
         engine = _backend(args)
         writable_folder(results_dir, "--results-dir")
         if not args.no_leaderboard:
             writable_file(leaderboard, "--leaderboard")
+    return results_dir, leaderboard, engine
+
+
+def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: Any,
+           what: str = "plan", extra_estimate: list[Any] | None = None) -> tuple[int, Any]:
+    """Announce ``the_plan`` (done / to run, skips, missing data and weights), then list it
+    (``--dry-run``, with the estimated cost of the runs to do and of ``extra_estimate``) or run
+    it with a progress bar; returns the exit code (1 when a run failed) and the summary."""
+    from bench.run.sweep import execute, pending
+
     retry = not args.no_retry_failed
     todo = pending(the_plan.runs, results_dir, retry)
     retried = len(todo) - len(pending(the_plan.runs, results_dir, False)) if retry else 0
     where = "" if args.backend == "local" else f" on {args.backend}"
     again = f", {retried} of them failed or diverged before: retried" if retried else ""
-    print(f"plan: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
+    print(f"{what}: {len(the_plan.runs)} runs ({len(the_plan.runs) - len(todo)} already done, "
           f"{len(todo)} to run{again}) with --jobs {args.jobs}{where}; results in "
           f"{results_dir}/", file=sys.stderr)
     for method, scenario, reason in the_plan.skipped:
@@ -193,13 +215,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  weights missing for {shown}: their runs cannot start yet ({problem})",
               file=sys.stderr)
     if args.dry_run:
-        notes = _print_estimate(todo, results_dir, args) if todo else {}
+        estimated = [*todo, *(extra_estimate or [])]
+        notes = _print_estimate(estimated, results_dir, args) if estimated else {}
         for run in the_plan.runs:
             state = "todo" if run in todo else "done"
             note = f"  {notes[run]}" if run in notes else ""
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
                   f"{run.config_hash[:12]}{note}")
-        return 0
+        return 0, None
     bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
     failures = 0
 
@@ -224,14 +247,51 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{summary.count('diverged')} diverged, {summary.count('failed')} failed, "
           f"{summary.count('busy')} claimed by another sweep, "
           f"{summary.already_done + summary.count('skipped')} already done", file=sys.stderr)
+    for res in summary.failures:
+        print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
+              f"{res['error']}", file=sys.stderr)
+    return (1 if summary.failures else 0), summary
+
+
+def _run_search(args: argparse.Namespace, seeds: list[int], methods: list[str] | None,
+                scenarios: list[str] | None, overrides: dict[str, Any]) -> int:
+    """``run --search N``: N trials per (method, scenario), then the configuration each chose on
+    validation re-run on ``--seeds`` (:mod:`bench.run.search`)."""
+    from bench.run import search
+
+    if args.ablation:
+        raise UsageError("--search tunes methods (--all or --method/--scenario), not an "
+                         "--ablation preset")
+    if not (args.all or methods or scenarios):
+        raise UsageError("nothing to search: use --all, or --method a,b and/or --scenario x,y")
+    trials = search.expand_search(methods, scenarios, args.profile, args.search,
+                                  args.search_seed, run_all=args.all,
+                                  require_data=not args.dry_run, overrides=overrides)
+    if not trials.runs:
+        raise UsageError("the plan is empty: no method applies to the chosen scenarios")
+    results_dir, leaderboard, engine = _run_outputs(args)
+    pairs = len(trials.runs) // args.search
+    print(f"search: {args.search} trials (seed {search.TRIAL_SEED}) for each of {pairs} "
+          f"(method, scenario) pairs, the configuration chosen on validation then re-run on "
+          f"seeds {','.join(map(str, seeds))} ({pairs * len(seeds)} runs); search seed "
+          f"{args.search_seed}", file=sys.stderr)
+    stand_ins = search.default_stand_ins(trials, seeds) if args.dry_run else None
+    code, _ = _sweep(trials, args, results_dir, engine, "trials", stand_ins)
+    if args.dry_run:
+        print(f"re-runs: {len(stand_ins or [])} runs once the trials have ended (estimated "
+              "above as the defaults' runs)", file=sys.stderr)
+        return 0
+    tuned, left_out = search.tuned_plan(trials, results_dir, seeds, args.search,
+                                        args.search_seed)
+    for method, scenario, reason in left_out:
+        print(f"  not re-run: {method} on {scenario}: {reason}", file=sys.stderr)
+        code = 1
+    if tuned.runs:
+        tuned_code, _ = _sweep(tuned, args, results_dir, engine, "re-runs of the chosen trials")
+        code = max(code, tuned_code)
     if not args.no_leaderboard:
         _render(results_dir, leaderboard)
-    if summary.failures:
-        for res in summary.failures:
-            print(f"  failed: {res['label']} on {res['scenario']} seed {res['seed']}: "
-                  f"{res['error']}", file=sys.stderr)
-        return 1
-    return 0
+    return code
 
 
 def _backend(args: argparse.Namespace) -> Any:
@@ -450,6 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with the weighting of B (e.g. mmoe+pcgrad)")
     p.add_argument("--scenario", help="comma-separated scenario names")
     p.add_argument("--ablation", help="an ablation preset (see `list ablations`)")
+    p.add_argument("--search", type=int, metavar="N",
+                   help="equal-budget random search: N configurations per method and scenario "
+                        "(trial 0 = the defaults, the others drawn from the method's declared "
+                        "search space), each trained on one trial seed; the best on validation "
+                        "is then re-run on --seeds (README: 'Tuned comparison')")
+    p.add_argument("--search-seed", type=int, default=0, metavar="S",
+                   help="seed of the search's draws (default 0); the same S gives the same "
+                        "configurations on any machine and backend")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--profile", default="default",
                    help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "

@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from bench.data import settings
 from bench.data.metrics import LOSS_VARIANTS, METRICS
+from bench.data.search import OPTIMISER_SPACE, Distribution
 
 Heterogeneity = Literal["domain", "multi_input", "single_input"]
 HETEROGENEITY_LABELS = {
@@ -273,6 +274,12 @@ class Scenario:
         """Backbone keywords known before loading that planning checks (e.g. ``pretrained``:
         :func:`bench.models.backbones.weights_problem`)."""
         return {}
+
+    def search_space(self, profile: str) -> dict[str, Distribution]:
+        """The optimiser's search distributions (``train.*`` keys) for equal-budget search
+        (``run --search N``): :data:`bench.data.search.OPTIMISER_SPACE` unless a scenario
+        declares its own."""
+        return dict(OPTIMISER_SPACE)
 
     def setup(self, profile: str) -> TrainingSetup:
         """The training setup of ``profile`` (known without loading the data)."""

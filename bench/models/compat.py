@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.data.search import Distribution
 from bench.data.settings import Settings, settings_from_defaults
 
 _SHIM_NAME = "torchvision.models.utils"
@@ -311,6 +312,8 @@ class WeightingSpec:
     rep_grad: tuple[bool, ...] = (False,)
     description: str = ""
     settings: type[Settings] | None = None
+    #: equal-budget search: a distribution per ``weighting.*`` key (:mod:`bench.data.search`)
+    search: dict[str, Distribution] = field(default_factory=dict)
 
     @property
     def settings_model(self) -> type[Settings]:
@@ -348,6 +351,8 @@ class ArchitectureSpec:
     #: False when its forward bypasses ``_prepare_rep`` (no representation gradients, so no
     #: rep_grad weighting such as MGDA-UB or GradDrop)
     supports_rep_grad: bool = True
+    #: equal-budget search: a distribution per ``arch.*`` key (:mod:`bench.data.search`)
+    search: dict[str, Distribution] = field(default_factory=dict)
 
     @property
     def settings_model(self) -> type[Settings]:

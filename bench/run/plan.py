@@ -116,8 +116,10 @@ def check_seeds(seeds: list[int]) -> list[int]:
 
 def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profile: str,
                 overrides: dict[str, Any] | None = None, label: str = "",
-                ablation: str | None = None) -> RunSpec:
-    """The frozen run of the resolved method ``spec`` (checked against ``scen``)."""
+                ablation: str | None = None, search: dict[str, Any] | None = None) -> RunSpec:
+    """The frozen run of the resolved method ``spec`` (checked against ``scen``). ``search``
+    marks the runs of an equal-budget search (:mod:`bench.run.search`: a trial, or a re-run of
+    the chosen configuration) in their config, so that they never pass for default runs."""
     scen.check_profile(profile)
     check_compatible(spec, scen, profile)
     setup = resolved_setup(spec, scen, profile)
@@ -134,6 +136,8 @@ def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profil
         "overrides": dict(overrides or {}),
         "method_identity": spec.identity(),
         "training": setup.to_dict(),
+        # only for search runs, so that the config hashes of all other runs stay as they were
+        **({"search": dict(search)} if search else {}),
     }
     return RunSpec(method, scen.name, int(seed), profile,
                    tuple(sorted((overrides or {}).items())), label or method, ablation, config,

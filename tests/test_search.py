@@ -1,0 +1,173 @@
+"""Equal-budget random search: deterministic draws, the same budget for every method, selection
+on validation only, declared spaces checked at planning, resumable like any sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+from bench.cli import main
+from bench.data.search import OPTIMISER_SPACE, Choice, LogUniform, Uniform, draw
+from bench.data.settings import UnknownSettingError
+from bench.records import load_records
+from bench.records.search import select_trial, validation_ranks
+from bench.run.search import TRIAL_SEED, expand_search, trial_draws
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ["--profile", "smoke", "--jobs", "1"]
+
+
+def test_distributions_stay_in_their_support() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        assert 1e-4 <= LogUniform("t", 1e-4, 1e-2).sample(rng) <= 1e-2
+        assert 0.1 <= Uniform("t", 0.1, 0.9).sample(rng) <= 0.9
+        assert Choice("t", (1, 4, 8)).sample(rng) in (1, 4, 8)
+    with pytest.raises(ValueError):
+        LogUniform("t", 0.0, 1.0)
+    assert set(draw(OPTIMISER_SPACE, rng)) == {"lr", "weight_decay"}
+
+
+def test_draws_are_deterministic_and_trial_i_does_not_depend_on_n() -> None:
+    space = dict(OPTIMISER_SPACE, calpha=Uniform("t", 0.1, 0.9))
+    five = trial_draws(space, 5, 0, "cagrad", "digits_tasks")
+    assert five == trial_draws(space, 5, 0, "cagrad", "digits_tasks")
+    assert trial_draws(space, 3, 0, "cagrad", "digits_tasks") == five[:3]
+    assert five[0] == {}  # trial 0: the defaults
+    assert trial_draws(space, 5, 1, "cagrad", "digits_tasks") != five  # another search seed
+    assert trial_draws(space, 5, 0, "cagrad", "digits_scene") != five  # its own stream
+
+
+def test_the_same_plan_in_another_process() -> None:
+    """No dependence on Python's hash seed or process state: a subprocess with another
+    PYTHONHASHSEED plans the same trials (same config hashes), as a remote worker would."""
+    code = ("from bench.run.search import expand_search; print(','.join(r.config_hash for r in "
+            "expand_search(['hps','cagrad'], ['digits_tasks'], 'smoke', 4, 7).runs))")
+    out = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+                          ).stdout.strip() for seed in ("1", "2")]
+    assert out[0] == out[1]
+    here = ",".join(r.config_hash for r in expand_search(["hps", "cagrad"], ["digits_tasks"],
+                                                          "smoke", 4, 7).runs)
+    assert here == out[0]
+
+
+def test_every_method_gets_the_same_number_of_trials() -> None:
+    plan = expand_search(None, ["digits_domains"], "smoke", 3, run_all=True)
+    per_pair: dict[str, int] = {}
+    for run in plan.runs:
+        assert run.seed == TRIAL_SEED and run.config["search"]["seed"] == 0
+        per_pair[run.method] = per_pair.get(run.method, 0) + 1
+    assert len(per_pair) > 10 and set(per_pair.values()) == {3}
+
+
+def _trial(trial: int, val: dict[str, float], test: dict[str, float]) -> dict:
+    tasks = [{"name": t, "metrics": [{"name": "accuracy", "higher_is_better": True}]}
+             for t in val]
+    return {"status": "ok", "tasks": tasks, "config": {"search": {"trial": trial}},
+            "metrics": {"val": {t: {"accuracy": v} for t, v in val.items()},
+                        "test": {t: {"accuracy": v} for t, v in test.items()}}}
+
+
+def test_selection_reads_validation_only() -> None:
+    """Trial 1 is best on validation, trial 2 on test: trial 1 is chosen, and it stays chosen
+    whatever the test metrics say (even when they are missing)."""
+    trials = [_trial(0, {"a": 50, "b": 50}, {"a": 60, "b": 60}),
+              _trial(1, {"a": 70, "b": 65}, {"a": 40, "b": 40}),
+              _trial(2, {"a": 60, "b": 60}, {"a": 99, "b": 99})]
+    assert select_trial(trials)["config"]["search"]["trial"] == 1
+    for rec in trials:
+        del rec["metrics"]["test"]
+    assert select_trial(trials)["config"]["search"]["trial"] == 1
+    assert validation_ranks(trials) == [3.0, 1.0, 2.0]
+
+
+def test_selection_ranks_per_task_with_directions_and_ties() -> None:
+    tasks = [{"name": "seg", "metrics": [{"name": "miou", "higher_is_better": True},
+                                         {"name": "err", "higher_is_better": False}]}]
+
+    def rec(trial: int, miou: float, err: float, status: str = "ok") -> dict:
+        return {"status": status, "tasks": tasks, "config": {"search": {"trial": trial}},
+                "metrics": {"val": {"seg": {"miou": miou, "err": err}}}}
+
+    # trial 0 and 1 tie on mean rank (1.5 each): the lower trial number wins
+    assert select_trial([rec(1, 30, 0.1), rec(0, 40, 0.2)])["config"]["search"]["trial"] == 0
+    assert select_trial([rec(0, 30, 0.3), rec(1, 40, 0.1)])["config"]["search"]["trial"] == 1
+    assert select_trial([rec(0, 99, 0.0, "failed")]) is None
+
+
+def _plugin(tmp_path: Path, monkeypatch, search: str, suffix: str) -> None:
+    """A plugin whose weighting declares ``search``; names end in ``suffix`` (a registry entry
+    cannot be registered twice from two files)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "tuned_weighting.py").write_text(textwrap.dedent(f'''
+        """A weighting with a declared search space (a test plugin)."""
+        from bench.api import (CompatWeighting, Choice, Uniform, register_method,
+                               register_weighting)
+
+        class Scaled(CompatWeighting):
+            needs_task_gradients = False
+
+            def backward(self, losses, **kwargs):
+                (kwargs["scale"] * losses.sum()).backward()
+
+        register_weighting("scaled_{suffix}", Scaled, defaults={{"scale": 1.0}},
+                           search={search})
+        register_method("hps_scaled_{suffix}", architecture="hps", weighting="scaled_{suffix}",
+                        description="HPS with a scaled loss")
+    '''))
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
+
+
+def test_a_declared_space_with_an_unknown_key_fails_at_planning(tmp_path: Path, monkeypatch,
+                                                                 capsys) -> None:
+    _plugin(tmp_path, monkeypatch, '{"sacle": Uniform("a typo", 0.5, 2.0)}', "typo")
+    with pytest.raises(UnknownSettingError, match="weighting.sacle"):
+        expand_search(["hps_scaled_typo"], ["digits_tasks"], "smoke", 2)
+    code = main(["run", "--method", "hps_scaled_typo", "--scenario", "digits_tasks", "--search",
+                 "2", "--results-dir", str(tmp_path / "r"), *SMOKE])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "weighting.sacle" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_draw_outside_the_declared_range_fails_at_planning(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    _plugin(tmp_path, monkeypatch, '{"scale": Choice("bad", ("big",))}', "range")
+    with pytest.raises(ValueError, match="weighting.scale"):
+        expand_search(["hps_scaled_range"], ["digits_tasks"], "smoke", 2)
+
+
+def test_search_trains_trials_then_reruns_the_choice_and_resumes(tmp_path: Path,
+                                                                 capsys) -> None:
+    results = tmp_path / "r"
+    args = ["run", "--method", "hps", "--scenario", "digits_tasks", "--search", "2",
+            "--seeds", "0", "--results-dir", str(results), "--no-leaderboard", *SMOKE]
+    assert main([*args, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "trials: 2 runs (0 already done, 2 to run)" in err and "re-runs: 1 runs" in err
+    assert not results.exists()
+    assert main(args) == 0
+    records, _ = load_records(results)
+    trials = [r for r in records if "trial" in r["config"].get("search", {})]
+    assert sorted(r["config"]["search"]["trial"] for r in trials) == [0, 1]
+    chosen = select_trial(trials)["config"]["search"]["trial"]
+    reruns = [r for r in records if r not in trials]
+    assert [r["seed"] for r in reruns] == [0] and len(records) == 3
+    assert ("search" in reruns[0]["config"]) == (chosen != 0)  # the defaults: a default run
+    capsys.readouterr()
+    assert main(args) == 0  # resumed: everything done, nothing trained again
+    err = capsys.readouterr().err
+    assert "trials: 2 runs (2 already done, 0 to run)" in err
+    assert "(1 already done, 0 to run)" in err
+    assert len(load_records(results)[0]) == 3
+    assert json.loads(next(results.rglob("seed1000-*.json")).read_text())["seed"] == TRIAL_SEED
