@@ -216,6 +216,9 @@ class WeightingSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     rep_grad: tuple[bool, ...] = (False,)
     description: str = ""
+    #: heterogeneity types it applies to (None: all), e.g. the domain-generalisation weightings
+    #: (GroupDRO, VREx, EQRM) over domains that share one label space
+    scenarios: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
