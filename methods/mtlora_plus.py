@@ -12,13 +12,13 @@ the embedded default is 4 for both (the backbone is 4x narrower than Swin-T); un
 from __future__ import annotations
 
 from bench.api import register_architecture, register_method
-from bench.models.mtlora import DEFAULTS, MTLoRAPlus, paper_scale
+from bench.models.mtlora import DEFAULTS, SWIN_ENCODER, MTLoRAPlus, paper_scale
 
 register_architecture(
     "mtlora_plus", MTLoRAPlus,
     description="MTLoRA with low-rank patch merging instead of a trained reduction",
-    defaults={**DEFAULTS, "rank": 4, "task_rank": 4}, backbone="swin_embedded",
-    needs_encoder="swin", paper_scale=paper_scale(rank=4))
+    defaults={**DEFAULTS, "rank": 4, "task_rank": 4}, **SWIN_ENCODER,
+    paper_scale=paper_scale(rank=4))
 register_method(
     "mtlora_plus", architecture="mtlora_plus", weighting="ew",
     description="MTLoRA+: MTLoRA with low-rank modules on patch merging",
