@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, HoulsbyAdapter
+from bench.models.peft import HoulsbyAdapter, peft_defaults
 
 register_architecture(
     "adapter", HoulsbyAdapter,
     description="MTLoRA's model with shared Houlsby bottleneck adapters in every Swin block",
-    defaults={**PEFT_DEFAULTS, "reduction": 4}, **SWIN_ENCODER, paper_scale=swin_t_scale(),
-    supports_rep_grad=False)
+    defaults=peft_defaults(HoulsbyAdapter, reduction=4), **SWIN_ENCODER,
+    paper_scale=swin_t_scale(), supports_rep_grad=False)
 register_method(
     "adapter", architecture="adapter", weighting="ew",
     description="shared Houlsby adapters (bottleneck C/4) in every block of a frozen Swin",

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, BitFit
+from bench.models.peft import BitFit, peft_defaults
 
 register_architecture(
     "bitfit", BitFit,
     description="MTLoRA's model with only the Swin's bias vectors (and the decoders) trained",
-    defaults=dict(PEFT_DEFAULTS), **SWIN_ENCODER, paper_scale=swin_t_scale(),
+    defaults=peft_defaults(BitFit), **SWIN_ENCODER, paper_scale=swin_t_scale(),
     supports_rep_grad=False)
 register_method(
     "bitfit", architecture="bitfit", weighting="ew",

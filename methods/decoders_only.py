@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, DecodersOnly
+from bench.models.peft import DecodersOnly, peft_defaults
 
 register_architecture(
     "decoders_only", DecodersOnly,
     description="MTLoRA's model with a frozen Swin: only the HRNet-style task decoders train",
-    defaults=dict(PEFT_DEFAULTS), **SWIN_ENCODER, paper_scale=swin_t_scale(),
+    defaults=peft_defaults(DecodersOnly), **SWIN_ENCODER, paper_scale=swin_t_scale(),
     supports_rep_grad=False)
 register_method(
     "decoders_only", architecture="decoders_only", weighting="ew",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, FullFinetune
+from bench.models.peft import FullFinetune, peft_defaults
 
 register_architecture(
     "full_finetune", FullFinetune,
     description="MTLoRA's model with the whole Swin trained and HRNet-style task decoders",
-    defaults=dict(PEFT_DEFAULTS), **SWIN_ENCODER, paper_scale=swin_t_scale(),
+    defaults=peft_defaults(FullFinetune), **SWIN_ENCODER, paper_scale=swin_t_scale(),
     supports_rep_grad=False)
 register_method(
     "full_finetune", architecture="full_finetune", weighting="ew",

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import LOCATIONS, SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, SharedLoRA
+from bench.models.peft import SharedLoRA, peft_defaults
 
 register_architecture(
     "lora_shared", SharedLoRA,
     description="MTLoRA's model with one shared LoRA set in every block (no task-specific LoRA)",
-    defaults={**PEFT_DEFAULTS, "rank": 8, "scale": 4.0, "dropout": 0.05,
-              "locations": LOCATIONS},
+    defaults=peft_defaults(SharedLoRA, rank=8, scale=4.0, dropout=0.05,
+                           locations=LOCATIONS),
     **SWIN_ENCODER, paper_scale=swin_t_scale(rank=16), supports_rep_grad=False)
 register_method(
     "lora_shared", architecture="lora_shared", weighting="ew",

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import LOCATIONS, SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, SingleTaskLoRA
+from bench.models.peft import SingleTaskLoRA, peft_defaults
 
 register_architecture(
     "lora_single_task", SingleTaskLoRA,
     description="one LoRA-adapted copy of MTLoRA's Swin per task (task-wise, T forwards)",
-    defaults={**PEFT_DEFAULTS, "rank": 4, "scale": 4.0, "dropout": 0.05,
-              "locations": LOCATIONS},
+    defaults=peft_defaults(SingleTaskLoRA, rank=4, scale=4.0, dropout=0.05,
+                           locations=LOCATIONS),
     **SWIN_ENCODER, paper_scale=swin_t_scale(rank=4), supports_rep_grad=False)
 register_method(
     "lora_single_task", architecture="lora_single_task", weighting="ew",

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from bench.api import register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, swin_t_scale
-from bench.models.peft import PEFT_DEFAULTS, VPTDeep
+from bench.models.peft import VPTDeep, peft_defaults
 
 register_architecture(
     "vpt_deep", VPTDeep,
     description="MTLoRA's model with learnable prompt tokens in every Swin block's windows",
-    defaults={**PEFT_DEFAULTS, "num_prompts": 4}, **SWIN_ENCODER,
+    defaults=peft_defaults(VPTDeep, num_prompts=4), **SWIN_ENCODER,
     paper_scale=swin_t_scale(num_prompts=50), supports_rep_grad=False)
 register_method(
     "vpt_deep", architecture="vpt_deep", weighting="ew",

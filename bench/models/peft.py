@@ -354,5 +354,10 @@ class VPTDeep(SwinPEFT):
 
 
 #: what every PEFT method shares with MTLoRA by default: the decoders of its embedded scale
-PEFT_DEFAULTS: dict[str, Any] = {"decoder_channels": (8, 16, 32, 64), "decoder_expansion": 4,
-                                 "unfreeze": None}
+PEFT_DEFAULTS: dict[str, Any] = {"decoder_channels": (8, 16, 32, 64), "decoder_expansion": 4}
+
+
+def peft_defaults(cls: type[SwinPEFT], **arch: Any) -> dict[str, Any]:
+    """A method's architecture defaults: MTLoRA's decoders, its own ``unfreeze`` (written out,
+    so that the run's config records what is trained) and ``arch``."""
+    return {**PEFT_DEFAULTS, "unfreeze": list(cls.default_unfreeze), **arch}
