@@ -10,6 +10,7 @@ Defaults (DomainBed's ``hparams_registry.py``): α = 0.75 (``eqrm_quantile``); b
 DomainBed's 5,000 steps (``eqrm_burnin_iters``), here half of the run's steps
 (``burnin_fraction`` = 0.5). State on the weighting: its step count. Domains absent from a
 pooled batch (loss 0) are left out; with fewer than two risks the quantile is their mean.
+A domain is absent when the engine's ``batch_tasks`` says so, or else when its loss is 0.
 
 Differences from DomainBed: (i) the quantile's gradient is the implicit-function derivative of
 the KDE quantile (all risks receive it), where DomainBed backpropagates through the bisection's
@@ -29,9 +30,11 @@ from bench.api import CompatWeighting, register_method, register_weighting
 from bench.models.dg import TrainingProgress, backward_through, kde_quantile, present
 
 
-def eqrm_objective(losses: torch.Tensor, quantile: float, burn_in: bool) -> torch.Tensor:
-    """The mean of the present domains' risks during burn-in, else their KDE α-quantile."""
-    risks = losses[present(losses)]
+def eqrm_objective(losses: torch.Tensor, quantile: float, burn_in: bool,
+                   here: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of the present domains' risks during burn-in, else their KDE α-quantile;
+    ``here`` marks the present domains (default: the losses that are not 0)."""
+    risks = losses[present(losses) if here is None else here]
     if risks.numel() == 0:
         return losses.sum()
     return risks.mean() if burn_in else kde_quantile(risks, quantile)
@@ -47,7 +50,9 @@ class EQRM(TrainingProgress, CompatWeighting):
         step = self.__dict__.get("_eqrm_steps", 0)
         self.__dict__["_eqrm_steps"] = step + 1
         burn_in = step < round(burnin_fraction * self.training_length())
-        weights = backward_through(lambda risks: eqrm_objective(risks, quantile, burn_in), losses)
+        here = present(losses, getattr(self, "batch_tasks", None))
+        weights = backward_through(
+            lambda risks: eqrm_objective(risks, quantile, burn_in, here), losses)
         return weights.cpu().numpy()
 
 

@@ -8,7 +8,8 @@ Generalization via Risk Extrapolation (REx)", ICML 2021, Eq. 8 (V-REx), as Domai
 with λ = 1 during an annealing period and λ = 10 after it (DomainBed's ``vrex_lambda`` = 10,
 ``vrex_penalty_anneal_iters`` = 500 of its 5,000 steps: here the first 10 % of the run's steps,
 ``anneal_fraction``). State on the weighting: its step count. Domains absent from a pooled batch
-(loss 0) are left out of the mean and the variance.
+(loss 0) are left out of the mean and the variance. A domain is absent when the engine's
+``batch_tasks`` says so, or else when its loss is exactly 0.
 
 Simplification: DomainBed restarts Adam when the penalty weight jumps; here the run's optimiser
 keeps its moments (one optimiser for every method). The method trains DomainBed's network, one
@@ -26,9 +27,11 @@ from bench.api import CompatWeighting, register_method, register_weighting
 from bench.models.dg import TrainingProgress, backward_through, present
 
 
-def vrex_objective(losses: torch.Tensor, penalty_weight: float) -> torch.Tensor:
-    """``mean + penalty_weight · variance`` of the present domains' losses (Eq. 8)."""
-    risks = losses[present(losses)]
+def vrex_objective(losses: torch.Tensor, penalty_weight: float,
+                   here: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean + penalty_weight · variance`` of the present domains' losses (Eq. 8); ``here``
+    marks them (default: the losses that are not 0)."""
+    risks = losses[present(losses) if here is None else here]
     if risks.numel() == 0:
         return losses.sum()
     mean = risks.mean()
@@ -49,7 +52,8 @@ class VREx(TrainingProgress, CompatWeighting):
         step = self.__dict__.get("_vrex_steps", 0)
         self.__dict__["_vrex_steps"] = step + 1
         weight = self.penalty_weight(step, vrex_lambda, anneal_fraction)
-        weights = backward_through(lambda risks: vrex_objective(risks, weight), losses)
+        here = present(losses, getattr(self, "batch_tasks", None))
+        weights = backward_through(lambda risks: vrex_objective(risks, weight, here), losses)
         return weights.cpu().numpy()
 
 

@@ -335,10 +335,13 @@ class DomainInvariantArchitecture(TrainingProgress, CompatArchitecture):
 # --------------------------------------------------------------------------------------------
 
 
-def present(losses: torch.Tensor) -> torch.Tensor:
-    """Which domains have rows in the batch: the engine gives a domain absent from a pooled
-    batch the loss exactly 0 (``bench.run.engine.batch_losses``); a present domain's
-    cross-entropy is positive."""
+def present(losses: torch.Tensor, batch_tasks: Sequence[bool] | None = None) -> torch.Tensor:
+    """Which domains have rows in the batch: ``batch_tasks`` when the engine announces it (one
+    bool per task), else the losses that are not exactly 0 (the engine gives a domain absent
+    from a pooled batch the loss 0, ``bench.run.engine.batch_losses``; a present domain's
+    cross-entropy is positive)."""
+    if batch_tasks is not None:
+        return torch.tensor([bool(b) for b in batch_tasks], device=losses.device)
     return losses.detach() != 0
 
 
