@@ -25,12 +25,11 @@ computed on task ``t``'s rows only and its decoder sees only those rows.
 from __future__ import annotations
 
 from bench.api import register_architecture, register_method
-from bench.models.mtlora import MTLoRA, MTLoRASettings, paper_scale
+from bench.models.mtlora import SWIN_ENCODER, MTLoRA, MTLoRASettings, paper_scale
 
 register_architecture(
     "mtlora", MTLoRA, description="Swin + TA-LoRA / TS-LoRA, multi-scale task decoders",
-    settings=MTLoRASettings, backbone="swin_embedded", needs_encoder="swin",
-    paper_scale=paper_scale(rank=16))
+    settings=MTLoRASettings, **SWIN_ENCODER, paper_scale=paper_scale(rank=16))
 register_method(
     "mtlora", architecture="mtlora", weighting="ew",
     description="MTLoRA: shared + task-specific low-rank adapters on a frozen Swin",

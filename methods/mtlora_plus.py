@@ -12,13 +12,12 @@ the embedded default is 4 for both (the backbone is 4x narrower than Swin-T); un
 from __future__ import annotations
 
 from bench.api import register_architecture, register_method
-from bench.models.mtlora import MTLoRAPlus, MTLoRAPlusSettings, paper_scale
+from bench.models.mtlora import SWIN_ENCODER, MTLoRAPlus, MTLoRAPlusSettings, paper_scale
 
 register_architecture(
     "mtlora_plus", MTLoRAPlus,
     description="MTLoRA with low-rank patch merging instead of a trained reduction",
-    settings=MTLoRAPlusSettings, backbone="swin_embedded",
-    needs_encoder="swin", paper_scale=paper_scale(rank=4))
+    settings=MTLoRAPlusSettings, **SWIN_ENCODER, paper_scale=paper_scale(rank=4))
 register_method(
     "mtlora_plus", architecture="mtlora_plus", weighting="ew",
     description="MTLoRA+: MTLoRA with low-rank modules on patch merging",

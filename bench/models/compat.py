@@ -314,6 +314,9 @@ class WeightingSpec:
     settings: type[Settings] | None = None
     #: equal-budget search: a distribution per ``weighting.*`` key (:mod:`bench.data.search`)
     search: dict[str, Distribution] = field(default_factory=dict)
+    #: heterogeneity types it applies to (None: all), e.g. the domain-generalisation weightings
+    #: (GroupDRO, VREx, EQRM) over domains that share one label space
+    scenarios: tuple[str, ...] | None = None
 
     @property
     def settings_model(self) -> type[Settings]:

@@ -270,6 +270,12 @@ def check_compatible(spec: MethodSpec, scenario: Scenario, profile: str | None =
             f"method {spec.name!r} cannot run on scenario {scenario.name!r} "
             f"({HETEROGENEITY_LABELS[scenario.heterogeneity]}): architecture "
             f"{spec.architecture!r} supports only {kinds}")
+    if weighting.scenarios is not None and scenario.heterogeneity not in weighting.scenarios:
+        kinds = ", ".join(HETEROGENEITY_LABELS[k] for k in weighting.scenarios)
+        raise IncompatibleError(
+            f"method {spec.name!r} cannot run on scenario {scenario.name!r} "
+            f"({HETEROGENEITY_LABELS[scenario.heterogeneity]}): weighting "
+            f"{spec.weighting!r} supports only {kinds}")
     if spec.rep_grad and not arch.supports_rep_grad:
         raise IncompatibleError(
             f"method {spec.name!r}: architecture {spec.architecture!r} exposes no shared "

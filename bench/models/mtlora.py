@@ -515,11 +515,25 @@ class MTLoRAPlusSettings(MTLoRASettings):
 DEFAULTS: dict[str, Any] = MTLoRASettings.defaults()
 
 
+#: the encoder of every method on MTLoRA's model (MTLoRA, MTLoRA+ and the parameter-efficient
+#: baselines of Table 1, ``bench.models.peft``): ``register_architecture(..., **SWIN_ENCODER)``
+#: (its weights keywords, when the embedded Swin gets some, belong here)
+SWIN_ENCODER: dict[str, Any] = {"backbone": "swin_embedded", "backbone_kwargs": {},
+                                "needs_encoder": "swin"}
+
+
+def swin_t_scale(**arch: Any) -> dict[str, Any]:
+    """MTLoRA's own model (§4.1), applied under ``--profile paper``: the ImageNet-1k Swin-T and
+    HRNet-W18 decoder widths, with the architecture keywords ``arch`` (``arch.NAME``)."""
+    return {"backbone.name": "swin_t", "backbone.pretrained": True,
+            "arch.decoder_channels": (18, 36, 72, 144),
+            **{f"arch.{name}": value for name, value in arch.items()}}
+
+
 def paper_scale(rank: int, task_rank: int = 4) -> dict[str, Any]:
     """MTLoRA's own setup (§4.1, Table 1), applied under ``--profile paper``: the ImageNet-1k
     Swin-T, shared rank ``rank``, task rank ``task_rank``, HRNet-W18 decoder widths."""
-    return {"backbone.name": "swin_t", "backbone.pretrained": True, "arch.rank": rank,
-            "arch.task_rank": task_rank, "arch.decoder_channels": (18, 36, 72, 144)}
+    return swin_t_scale(rank=rank, task_rank=task_rank)
 
 
 class MTLoRA(CompatArchitecture):

@@ -194,11 +194,15 @@ def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool
     """Forward one fetched training batch; return the per-task losses ``(T,)`` and the
     predictions. A task with no rows in the batch (pooled sampling) has loss 0, attached to
     the graph so that every weighting can differentiate it; with ``share`` each task's loss is
-    scaled by its share of the batch's rows."""
+    scaled by its share of the batch's rows. A model with ``observe_targets`` is given the
+    batch's targets (per task, on its device) before the forward, for an auxiliary loss that
+    needs the labels (SelfReg's same-class pairs)."""
     names = data.task_names
     dev = _device_of(model)
     xs, cpu_targets = batch
     targets = {t: cpu_targets[t].to(dev) for t in names}
+    if hasattr(model, "observe_targets"):  # a training loss on the labels of all rows (SelfReg)
+        model.observe_targets(targets)
     if not data.multi_input:
         out = model(xs.to(dev))
     elif fused:
@@ -389,6 +393,8 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
     history: list[dict[str, float]] = []
     step = 0
     total_steps = steps_per_epoch * setup.epochs
+    if hasattr(model, "total_training_steps"):  # schedules over training (DANN, VREx, EQRM)
+        model.total_training_steps = total_steps
     streamed = is_streamed(data.train)
     # weightings that learn from the same batch's losses after the step (FAMO)
     after_step = bool(getattr(model, "needs_losses_after_step", False))
