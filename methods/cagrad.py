@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 from scipy.optimize import minimize
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, Uniform, register_method, register_weighting
 
 RESCALE = {0: lambda a: 1.0, 1: lambda a: 1.0 + a**2, 2: lambda a: 1.0 + a}
 
@@ -88,7 +88,10 @@ class CAGradSettings(Settings):
 
 
 register_weighting("cagrad", CAGrad, description="CAGrad: conflict-averse gradient descent",
-                   settings=CAGradSettings, rep_grad=(False,))
+                   settings=CAGradSettings, rep_grad=(False,),
+                   search={"calpha": Uniform(
+                       "c in [0.1, 0.9]: inside the paper's admissible c in [0, 1) (§3.2), "
+                       "around its reported choice 0.4 on NYUv2", 0.1, 0.9)})
 register_method("cagrad", architecture="hps", weighting="cagrad",
                 description="hard parameter sharing trained with CAGrad (any number of tasks)",
                 paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, "

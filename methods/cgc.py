@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, Settings, register_architecture, register_method
+from bench.api import Choice, CompatArchitecture, Settings, register_architecture, register_method
 
 
 class CGC(CompatArchitecture):
@@ -83,7 +83,11 @@ class CGCSettings(Settings):
 
 
 register_architecture("cgc", CGC, description="customized gate control: shared + task-specific "
-                      "experts, per-task gates", settings=CGCSettings)
+                      "experts, per-task gates", settings=CGCSettings,
+                      search={"num_shared_experts": Choice("1 or 2 (Tang et al. 2020 use "
+                                                           "1-2 per group)", (1, 2)),
+                              "num_specific_experts": Choice("1 or 2 (Tang et al. 2020 use "
+                                                             "1-2 per group)", (1, 2))})
 register_method("cgc", architecture="cgc", weighting="ew",
                 description="CGC (single-level PLE): shared and task-specific expert encoders",
                 paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.api import register_architecture, register_method
+from bench.api import LogUniform, register_architecture, register_method
 from bench.models.dg import DomainInvariantArchitecture, coral, pairwise_mean
 
 
@@ -44,6 +44,8 @@ class CORAL(DomainInvariantArchitecture):
 register_architecture(
     "coral", CORAL, description="one classifier, CORAL distance between domains' features",
     defaults={"coral_weight": 1.0, "mean_term": True}, scenarios=("domain",),
+    search={"coral_weight": LogUniform("DomainBed's mmd_gamma (CORAL): 10^U(-1, 1)", 0.1,
+                                       10.0)},
     supports_rep_grad=False)
 register_method(
     "coral", architecture="coral", weighting="ew",

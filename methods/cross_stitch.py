@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, Settings, register_architecture, register_method
+from bench.api import Choice, CompatArchitecture, Settings, register_architecture, register_method
 
 
 def stitch_init(num_tasks: int, self_weight: float = 0.9) -> torch.Tensor:
@@ -77,7 +77,9 @@ class CrossStitchSettings(Settings):
 
 register_architecture("cross_stitch", CrossStitch,
                       description="one encoder column per task, T x T cross-stitch units after "
-                      "every stage", settings=CrossStitchSettings, needs_encoder="staged")
+                      "every stage", settings=CrossStitchSettings, needs_encoder="staged",
+                      search={"self_weight": Choice("Misra et al. 2016 Table 2's initialisations "
+                                                    "(0.5/0.5, 0.9/0.1, 1/0)", (0.5, 0.9, 1.0))})
 register_method("cross_stitch", architecture="cross_stitch", weighting="ew",
                 description="Cross-Stitch: task columns mixed by learnt T x T units per stage",
                 paper="Misra et al., Cross-stitch Networks for Multi-task Learning, CVPR 2016")

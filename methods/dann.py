@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.api import register_architecture, register_method
+from bench.api import LogUniform, register_architecture, register_method
 from bench.models.dg import MLP, DomainInvariantArchitecture, dann_lambda, grad_reverse
 
 
@@ -61,7 +61,9 @@ register_architecture(
     "dann", DANN, description="one classifier + a domain discriminator behind gradient reversal",
     defaults={"adversarial_weight": 1.0, "gamma": 10.0, "mlp_width": 256, "mlp_depth": 3,
               "mlp_dropout": 0.0},
-    scenarios=("domain",), supports_rep_grad=False)
+    scenarios=("domain",), supports_rep_grad=False,
+    search={"adversarial_weight": LogUniform("DomainBed's lambda (DANN): 10^U(-2, 2)", 1e-2,
+                                             1e2)})
 register_method(
     "dann", architecture="dann", weighting="ew",
     description="DANN: domain-adversarial features through a gradient-reversal layer",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import Choice, CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
@@ -44,7 +44,9 @@ class DWASettings(Settings):
 register_weighting(
     "dwa", DWA,
     description="dynamic weight average: weights from the tasks' loss descent rates",
-    settings=DWASettings, rep_grad=(False,))
+    settings=DWASettings, rep_grad=(False,),
+    search={"T": Choice("Liu et al. 2019 use T = 2 and give no range: 1, 2, 5 around it",
+                        (1.0, 2.0, 5.0))})
 register_method(
     "dwa", architecture="hps", weighting="dwa", rep_grad=False,
     description="hard parameter sharing with DWA loss weighting",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import CompatWeighting, Settings, Uniform, register_method, register_weighting
 from bench.models.compat import EpochLossTracker, import_libmtl
 
 import_libmtl()
@@ -42,7 +42,9 @@ class GradNormSettings(Settings):
 register_weighting(
     "gradnorm", GradNorm,
     description="GradNorm: learnt weights balancing the task gradient norms",
-    settings=GradNormSettings, rep_grad=(False, True))
+    settings=GradNormSettings, rep_grad=(False, True),
+    search={"alpha": Uniform("Chen et al. 2018 (§3.2, §5) use alpha between 0.12 and 1.5 and "
+                             "report alpha in [0, 3]: that interval", 0.0, 3.0)})
 register_method(
     "gradnorm", architecture="hps", weighting="gradnorm", rep_grad=False,
     description="hard parameter sharing with GradNorm",

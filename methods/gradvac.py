@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import CompatWeighting, LogUniform, Settings, register_method, register_weighting
 from bench.models.compat import import_libmtl
 
 import_libmtl()
@@ -42,7 +42,9 @@ class GradVacSettings(Settings):
 register_weighting(
     "gradvac", GradVac,
     description="GradVac: align task gradients towards EMA cosine targets",
-    settings=GradVacSettings, rep_grad=(False,))
+    settings=GradVacSettings, rep_grad=(False,),
+    search={"beta": LogUniform("Wang et al. 2021 use beta = 0.01, LibMTL documents 0.5: the "
+                               "log-range between 1e-3 and 0.5", 1e-3, 0.5)})
 register_method(
     "gradvac", architecture="hps", weighting="gradvac", rep_grad=False,
     description="hard parameter sharing with GradVac",

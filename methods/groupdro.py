@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, LogUniform, register_method, register_weighting
 
 
 def groupdro_update(q: torch.Tensor, losses: torch.Tensor, eta: float) -> torch.Tensor:
@@ -47,6 +47,8 @@ class GroupDRO(CompatWeighting):
 
 
 register_weighting("groupdro", GroupDRO, defaults={"eta": 0.01}, scenarios=("domain",),
+                   search={"eta": LogUniform("DomainBed's groupdro_eta: 10^U(-3, -1)", 1e-3,
+                                             1e-1)},
                    description="GroupDRO: exponentiated-gradient weights on the domains' losses")
 register_method(
     "groupdro", architecture="uniform", weighting="groupdro",

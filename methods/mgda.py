@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import Choice, CompatWeighting, Settings, register_method, register_weighting
 
 MAX_ITER = 250
 STOP_CRIT = 1e-5
@@ -145,7 +145,10 @@ class MGDASettings(Settings):
 
 
 register_weighting("mgda", MGDA, description="MGDA: min-norm element of the task gradients",
-                   settings=MGDASettings, rep_grad=(False, True))
+                   settings=MGDASettings, rep_grad=(False, True),
+                   search={"mgda_gn": Choice("the gradient normalisations of Sener & Koltun's "
+                                             "code (LibMTL's mgda_gn)",
+                                             ("none", "l2", "loss", "loss+"))})
 register_method("mgda", architecture="hps", weighting="mgda", rep_grad=False,
                 description="hard parameter sharing trained with MGDA (shared-parameter grads)",
                 paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bench.api import CompatArchitecture, Settings, register_architecture, register_method
+from bench.api import Choice, CompatArchitecture, Settings, register_architecture, register_method
 
 
 def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,10 @@ class MMoESettings(Settings):
 
 
 register_architecture("mmoe", MMoE, description="multi-gate mixture of experts (shared experts, "
-                      "per-task softmax gates on the input)", settings=MMoESettings)
+                      "per-task softmax gates on the input)", settings=MMoESettings,
+                      search={"num_experts": Choice("expert counts around the default 3 (Ma "
+                                                    "et al. 2018 vary 2-8 experts)",
+                                                    (2, 3, 4, 6))})
 register_method("mmoe", architecture="mmoe", weighting="ew",
                 description="MMoE: shared expert encoders mixed by per-task gates",
                 paper="Ma et al., Modeling Task Relationships in Multi-task Learning with "

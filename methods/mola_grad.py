@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from bench.api import register_architecture, register_method
+from bench.api import Choice, register_architecture, register_method
 from bench.models.mola import MoLAArchitecture, MoLASettings, mixture
 
 
@@ -84,7 +84,8 @@ register_architecture(
     "mola_grad", MoLAGrad,
     description="MoLA-Grad: shared encoder + one low-rank adapter per task (task ids)",
     settings=MoLASettings, needs_encoder="conv_or_swin",
-    legacy={"adapt_shortcut": True})
+    legacy={"adapt_shortcut": True},
+    search={"rank": Choice("MoLA Table 6's ranks", (1, 4, 8, 16, 64))})
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 
-from bench.api import register_architecture, register_method
+from bench.api import Choice, register_architecture, register_method
 from bench.models.mola import (
     CifarResNetRouter,
     MoLAArchitecture,
@@ -123,7 +123,9 @@ register_architecture(
     "mola_router", MoLARouter,
     description="MoLA-Router: shared encoder + K low-rank adapters mixed by a router (TwD loss)",
     settings=MoLARouterSettings, needs_encoder="conv_or_swin",
-    legacy={"adapt_shortcut": True})
+    legacy={"adapt_shortcut": True},
+    search={"rank": Choice("MoLA Table 6's ranks", (1, 4, 8, 16, 64)),
+            "num_adapters": Choice("MoLA Table 11's K", (2, 3, 4))})
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",

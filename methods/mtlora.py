@@ -24,12 +24,14 @@ computed on task ``t``'s rows only and its decoder sees only those rows.
 
 from __future__ import annotations
 
-from bench.api import register_architecture, register_method
+from bench.api import Choice, register_architecture, register_method
 from bench.models.mtlora import SWIN_ENCODER, MTLoRA, MTLoRASettings, paper_scale
 
 register_architecture(
     "mtlora", MTLoRA, description="Swin + TA-LoRA / TS-LoRA, multi-scale task decoders",
-    settings=MTLoRASettings, **SWIN_ENCODER, paper_scale=paper_scale(rank=16))
+    settings=MTLoRASettings, **SWIN_ENCODER, paper_scale=paper_scale(rank=16),
+    search={"rank": Choice("MTLoRA Table 1's shared ranks 16/32/64 on Swin-T (width 96), "
+                           "scaled to the embedded Swin's width 24", (4, 8, 16))})
 register_method(
     "mtlora", architecture="mtlora", weighting="ew",
     description="MTLoRA: shared + task-specific low-rank adapters on a frozen Swin",

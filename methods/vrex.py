@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.api import CompatWeighting, register_method, register_weighting
+from bench.api import CompatWeighting, LogUniform, register_method, register_weighting
 from bench.models.dg import TrainingProgress, backward_through, present
 
 
@@ -58,6 +58,8 @@ class VREx(TrainingProgress, CompatWeighting):
 
 
 register_weighting("vrex", VREx, defaults={"vrex_lambda": 10.0, "anneal_fraction": 0.1},
+                   search={"vrex_lambda": LogUniform("DomainBed's vrex_lambda: 10^U(-1, 5)",
+                                                     1e-1, 1e5)},
                    scenarios=("domain",),
                    description="V-REx: mean + λ·variance of the domains' losses")
 register_method(

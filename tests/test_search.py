@@ -61,12 +61,17 @@ def test_the_same_plan_in_another_process() -> None:
 
 
 def test_every_method_gets_the_same_number_of_trials() -> None:
-    plan = expand_search(None, ["digits_domains"], "smoke", 3, run_all=True)
-    per_pair: dict[str, int] = {}
+    """All methods on all embedded scenarios: the same N each, and every declared space plans
+    (each draw is validated against the method's settings when the run is resolved)."""
+    plan = expand_search(None, None, "smoke", 5, run_all=True)
+    per_pair: dict[tuple[str, str], int] = {}
+    drawn_keys: set[str] = set()
     for run in plan.runs:
         assert run.seed == TRIAL_SEED and run.config["search"]["seed"] == 0
-        per_pair[run.method] = per_pair.get(run.method, 0) + 1
-    assert len(per_pair) > 10 and set(per_pair.values()) == {3}
+        per_pair[(run.method, run.scenario)] = per_pair.get((run.method, run.scenario), 0) + 1
+        drawn_keys |= set(run.config["overrides"])
+    assert len(per_pair) > 100 and set(per_pair.values()) == {5}
+    assert {"train.lr", "weighting.calpha", "arch.rank", "arch.num_experts"} <= drawn_keys
 
 
 def _trial(trial: int, val: dict[str, float], test: dict[str, float]) -> dict:
