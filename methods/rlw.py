@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.api import CompatWeighting, Settings, register_method, register_weighting
+from bench.api import Choice, CompatWeighting, Settings, register_method, register_weighting
 from bench.models.compat import import_libmtl
 
 import_libmtl()
@@ -41,7 +41,10 @@ class RLWSettings(Settings):
 register_weighting(
     "rlw", RLW,
     description="random loss weighting: softmax of normal samples each step",
-    settings=RLWSettings, rep_grad=(False,))
+    settings=RLWSettings, rep_grad=(False,),
+    search={"dist": Choice("the weight distributions Lin et al. 2022 compare (§3; LibMTL's "
+                           "constrained Bernoulli cannot run)",
+                           ("Normal", "Uniform", "Dirichlet", "Bernoulli"))})
 register_method(
     "rlw", architecture="hps", weighting="rlw", rep_grad=False,
     description="hard parameter sharing with random loss weights",
