@@ -176,3 +176,26 @@ def test_search_trains_trials_then_reruns_the_choice_and_resumes(tmp_path: Path,
     assert "(1 already done, 0 to run)" in err
     assert len(load_records(results)[0]) == 3
     assert json.loads(next(results.rglob("seed1000-*.json")).read_text())["seed"] == TRIAL_SEED
+
+
+def test_the_scalarization_frontier_preset() -> None:
+    """Fixed weightings: the simplex's corners, its centre and seeded Dirichlet draws, each
+    summing to T (the centre is equal weighting), planned per scenario with its own T."""
+    from bench.run.ablations import FRONTIER_SAMPLES, scalarization_weights
+    from bench.run.plan import expand_ablation
+
+    for num_tasks in (2, 3, 4):
+        weights = scalarization_weights(num_tasks)
+        assert weights == scalarization_weights(num_tasks)  # seeded
+        assert len(weights) == num_tasks + 1 + FRONTIER_SAMPLES
+        assert all(abs(sum(w) - num_tasks) < 5e-3 and min(w) >= 0 for w in weights)
+        assert [1.0] * num_tasks in weights and [float(num_tasks)] + [0.0] * (num_tasks - 1) \
+            in weights
+    plan = expand_ablation("scalarization", None, [0], "smoke")
+    per_scenario: dict[str, int] = {}
+    for run in plan.runs:
+        assert run.method == "linear_scalarization" and run.ablation == "scalarization"
+        per_scenario[run.scenario] = per_scenario.get(run.scenario, 0) + 1
+        assert len(run.config["overrides"]["weighting.weights"]) == len(
+            run.config["method_identity"]["weighting_kwargs"]["weights"])
+    assert per_scenario == {"digits_domains": 11, "digits_tasks": 11, "digits_scene": 10}

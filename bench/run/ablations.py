@@ -6,10 +6,14 @@ leaderboard renders each preset as its own table.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bench.registry import Registry
+
+Variant = tuple[str, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,13 @@ class Ablation:
     name: str
     description: str
     scenarios: tuple[str, ...]
-    variants: tuple[tuple[str, str, dict[str, Any]], ...]
+    variants: tuple[Variant, ...]
+    #: variants that depend on the scenario (e.g. one weight per task): ``(num_tasks) -> list``
+    variants_for: Callable[[int], list[Variant]] | None = None
+
+    def variants_of(self, num_tasks: int) -> list[Variant]:
+        """The variants run on a scenario with ``num_tasks`` tasks."""
+        return list(self.variants) + (self.variants_for(num_tasks) if self.variants_for else [])
 
 
 #: the ablation presets (``python -m bench list ablations``)
@@ -25,8 +35,9 @@ ablations: Registry[Ablation] = Registry("ablation")
 
 
 def register_ablation(name: str, description: str, scenarios: tuple[str, ...],
-                      variants: list[tuple[str, str, dict[str, Any]]]) -> Ablation:
-    preset = Ablation(name, description, scenarios, tuple(variants))
+                      variants: list[Variant],
+                      variants_for: Callable[[int], list[Variant]] | None = None) -> Ablation:
+    preset = Ablation(name, description, scenarios, tuple(variants), variants_for)
     ablations.add(name, preset, description)
     return preset
 
@@ -96,4 +107,39 @@ register_ablation(
     + [(f"mtlora (no {loc})", "mtlora",
         {"arch.locations": [x for x in ("qkv", "proj", "fc1", "fc2") if x != loc]})
        for loc in ("fc1", "fc2", "proj", "qkv")],
+)
+
+
+#: Dirichlet samples of the scalarization frontier beyond the corners and the centre
+FRONTIER_SAMPLES = 6
+
+
+def scalarization_weights(num_tasks: int, samples: int = FRONTIER_SAMPLES,
+                          seed: int = 0) -> list[list[float]]:
+    """Fixed task-weight vectors summing to ``num_tasks`` (the centre is equal weighting): the
+    simplex's corners, its centre and ``samples`` Dirichlet(1, ..., 1) draws (seeded; Xin et
+    al., NeurIPS 2022, compare methods against such a grid of fixed weightings)."""
+    rng = random.Random(f"scalarization/{num_tasks}/{seed}")
+    corners = [[float(num_tasks) if t == k else 0.0 for t in range(num_tasks)]
+               for k in range(num_tasks)]
+    draws = []
+    for _ in range(samples):
+        gammas = [rng.gammavariate(1.0, 1.0) for _ in range(num_tasks)]
+        total = sum(gammas)
+        draws.append([round(num_tasks * g / total, 3) for g in gammas])
+    return corners + [[1.0] * num_tasks] + draws
+
+
+def _scalarizations(num_tasks: int) -> list[Variant]:
+    return [(f"ls[w={','.join(f'{w:g}' for w in weights)}]", "linear_scalarization",
+             {"weighting.weights": weights}) for weights in scalarization_weights(num_tasks)]
+
+
+register_ablation(
+    "scalarization",
+    "the scalarization frontier: HPS trained with fixed task weights (the simplex's corners, its "
+    "centre and 6 seeded Dirichlet draws; Xin et al., NeurIPS 2022); the leaderboard takes the "
+    "best on validation as every scenario's reference row",
+    ("digits_domains", "digits_tasks", "digits_scene"),
+    [], _scalarizations,
 )

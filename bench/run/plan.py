@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from bench.data.scenario import DataMissingError, Scenario, TrainingSetup
@@ -31,7 +32,7 @@ from bench.run.ablations import ablations
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunSpec:
     """One run, resolved once at planning time and frozen.
 
@@ -54,9 +55,16 @@ class RunSpec:
     spec: MethodSpec | None = field(default=None, compare=False, hash=False)
     setup: TrainingSetup | None = field(default=None, compare=False, hash=False)
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
         return config_hash(self.config)
+
+    def __eq__(self, other: object) -> bool:
+        """Two runs are the same run when their configs are (the run's identity)."""
+        return isinstance(other, RunSpec) and self.config_hash == other.config_hash
+
+    def __hash__(self) -> int:
+        return hash(self.config_hash)
 
     @property
     def display(self) -> str:
@@ -276,7 +284,9 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
     for scenario in scenario_list:
         scen = scenarios.get(scenario)()
         scen.check_data(profile)
-        for label, method, overrides in preset.variants:
+        variants = (preset.variants_of(len(scen.shape(profile).tasks)) if preset.variants_for
+                    else list(preset.variants))
+        for label, method, overrides in variants:
             spec = resolve_run_method(method, overrides, profile)
             try:
                 check_compatible(spec, scen, profile)
