@@ -80,6 +80,7 @@ class CAGrad(CompatWeighting):
 register_weighting("cagrad", CAGrad, description="CAGrad: conflict-averse gradient descent",
                    defaults={"calpha": 0.5, "rescale": 1}, rep_grad=(False,))
 register_method("cagrad", architecture="hps", weighting="cagrad",
+                family="gradient",
                 description="hard parameter sharing trained with CAGrad (any number of tasks)",
                 paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, "
                       "NeurIPS 2021")

@@ -77,5 +77,6 @@ register_architecture("cgc", CGC, description="customized gate control: shared +
                       "experts, per-task gates", defaults={"num_shared_experts": 1,
                                                            "num_specific_experts": 1})
 register_method("cgc", architecture="cgc", weighting="ew",
+                family="architecture",
                 description="CGC (single-level PLE): shared and task-specific expert encoders",
                 paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020")

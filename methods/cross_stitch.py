@@ -73,5 +73,6 @@ register_architecture("cross_stitch", CrossStitch,
                       description="one encoder column per task, T x T cross-stitch units after "
                       "every stage", defaults={"self_weight": 0.9}, needs_encoder="staged")
 register_method("cross_stitch", architecture="cross_stitch", weighting="ew",
+                family="architecture",
                 description="Cross-Stitch: task columns mixed by learnt T x T units per stage",
                 paper="Misra et al., Cross-stitch Networks for Multi-task Learning, CVPR 2016")

@@ -41,5 +41,6 @@ register_weighting(
     defaults={"T": 2.0}, rep_grad=(False,))
 register_method(
     "dwa", architecture="hps", weighting="dwa", rep_grad=False,
+    family="loss_weighting",
     description="hard parameter sharing with DWA loss weighting",
     paper="Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019")

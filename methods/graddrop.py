@@ -36,5 +36,6 @@ register_weighting(
     defaults={"leak": 0.0}, rep_grad=(True,))
 register_method(
     "graddrop", architecture="hps", weighting="graddrop", rep_grad=True,
+    family="gradient",
     description="hard parameter sharing with GradDrop (representation gradients)",
     paper="Chen et al., Just Pick a Sign: Gradient Sign Dropout, NeurIPS 2020")

@@ -39,5 +39,6 @@ register_weighting(
     defaults={"alpha": 1.5}, rep_grad=(False, True))
 register_method(
     "gradnorm", architecture="hps", weighting="gradnorm", rep_grad=False,
+    family="gradient",
     description="hard parameter sharing with GradNorm",
     paper="Chen et al., GradNorm, ICML 2018")

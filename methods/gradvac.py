@@ -39,5 +39,6 @@ register_weighting(
     defaults={"beta": 0.5}, rep_grad=(False,))
 register_method(
     "gradvac", architecture="hps", weighting="gradvac", rep_grad=False,
+    family="gradient",
     description="hard parameter sharing with GradVac",
     paper="Wang et al., Gradient Vaccine, ICLR 2021")

@@ -59,6 +59,7 @@ class MMoE(CompatArchitecture):
 register_architecture("mmoe", MMoE, description="multi-gate mixture of experts (shared experts, "
                       "per-task softmax gates on the input)", defaults={"num_experts": 3})
 register_method("mmoe", architecture="mmoe", weighting="ew",
+                family="architecture",
                 description="MMoE: shared expert encoders mixed by per-task gates",
                 paper="Ma et al., Modeling Task Relationships in Multi-task Learning with "
                       "Multi-gate Mixture-of-Experts, KDD 2018")

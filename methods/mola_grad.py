@@ -83,6 +83,7 @@ register_architecture(
     defaults=_DEFAULTS, needs_encoder="conv_or_swin")
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
+    family="low_rank",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",
     paper="Zhou et al., Exploring Training on Heterogeneous Data with Mixture of Low-rank "
           "Adapters, ICML 2024 (§3.3-3.4)")

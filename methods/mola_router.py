@@ -124,6 +124,7 @@ register_architecture(
     defaults=_DEFAULTS, needs_encoder="conv_or_swin")
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
+    family="low_rank",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",
     paper="Zhou et al., Exploring Training on Heterogeneous Data with Mixture of Low-rank "
           "Adapters, ICML 2024 (§3.5)")

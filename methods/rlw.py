@@ -37,5 +37,6 @@ register_weighting(
     defaults={"dist": "Normal"}, rep_grad=(False,))
 register_method(
     "rlw", architecture="hps", weighting="rlw", rep_grad=False,
+    family="loss_weighting",
     description="hard parameter sharing with random loss weights",
     paper="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022")

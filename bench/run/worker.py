@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.models.method import method_family
 from bench.records import find_record, record_path, write_json_atomic
 from bench.run.locks import claim, release, remove_orphan_temp_files
 from bench.run.plan import RunSpec
@@ -96,6 +97,8 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             "profile": run.profile,
             "config": run.config,
             "config_hash": cfg_hash,
+            # outside the config: a family groups rows in tables and never changes a result
+            "family": method_family(run.method),
             "versions": versions(),
             "host": {"platform": platform.platform(), "threads": torch.get_num_threads()},
             "metrics": {},
