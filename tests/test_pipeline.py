@@ -88,6 +88,9 @@ def test_smoke_sweep_records_resume_and_deterministic_leaderboard(tmp_path: Path
         assert set(rec["versions"]) >= {"python", "torch", "LibMTL", "git_commit"}
         assert set(rec["metrics"]) == {"val", "test"}
         assert rec["family"] == "baseline" and "family" not in rec["config"]
+        assert set(rec["selection"]) == {"val_loss", "val_metric", "last", "oracle"}
+        assert rec["selection"]["val_loss"]["test"] == rec["metrics"]["test"]
+        assert rec["selection"]["val_loss"]["epoch"] == rec["best_epoch"]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}
     capsys.readouterr()
     assert _smoke(tmp_path) == 0  # resume: nothing re-run

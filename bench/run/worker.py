@@ -122,6 +122,8 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
                 forward_mode=result.forward_mode,
                 history=result.history,
                 tasks=result.tasks,
+                selection=result.selection,
+                oracle_subset=result.oracle_subset,
                 wall_time_s=round(wall, 3),
                 param_scaling=param_scaling(run),
             )
