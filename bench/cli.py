@@ -278,12 +278,24 @@ def _duration(seconds: float) -> str:
 
 # ------------------------------------------------------------------ leaderboard / results
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.report import render
+    from bench.records import selection
+    from bench.report import FORMATS, render
+    from bench.report.leaderboard import DEFAULT_OUTPUTS
 
-    _, bad = render(Path(args.results_dir), Path(args.output))
+    if args.selection not in selection.RULES:
+        raise UsageError(f"unknown selection rule {args.selection!r}; rules: "
+                         f"{', '.join(selection.RULES)}")
+    if args.format not in FORMATS:
+        raise UsageError(f"unknown format {args.format!r}; formats: {', '.join(FORMATS)}")
+    output = args.output or DEFAULT_OUTPUTS[args.format]
+    text, bad = render(Path(args.results_dir), Path(output), rule=args.selection,
+                       fmt=args.format)
     for b in bad:
         print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
-    print(f"wrote {args.output}", file=sys.stderr)
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {output}", file=sys.stderr)
     return 0
 
 
@@ -337,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with the weighting of B (e.g. mmoe+pcgrad)")
     p.add_argument("--scenario", help="comma-separated scenario names")
     p.add_argument("--ablation", help="an ablation preset (see `list ablations`)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2,3,4",
+                   help="comma-separated seeds (default 0,1,2,3,4)")
     p.add_argument("--profile", default="default",
                    help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "
                         "'paper' (the papers' setups on their real datasets, see `bench data`)")
@@ -377,7 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    p.add_argument("--output", default=str(DEFAULT_LEADERBOARD))
+    p.add_argument("--output", default=None,
+                   help="file to write, '-' for stdout (default leaderboard.md, "
+                        "leaderboard.tex or leaderboard.csv by --format)")
+    p.add_argument("--selection", default="val_loss", metavar="RULE",
+                   help="model-selection rule of the tables: val_loss (default), val_metric, "
+                        "last, oracle (an upper bound)")
+    p.add_argument("--format", default="md", metavar="FORMAT",
+                   help="md (default: tables, statistics, figures), latex (booktabs) or csv "
+                        "(one row per run, task and metric)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")

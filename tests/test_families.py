@@ -12,7 +12,6 @@ import pytest
 from bench import registry
 from bench.models.method import FAMILIES, infer_family, method_family, resolve_method
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
