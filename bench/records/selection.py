@@ -136,8 +136,7 @@ RULES: dict[str, SelectionRule] = {rule.name: rule for rule in (
     SelectionRule("last", "the last epoch", ("epoch",), _last),
     SelectionRule(
         "oracle",
-        "the epoch with the best score on a fixed subset of the test split (an upper bound, "
-        "not a result: it selects with test data)",
+        "the epoch with the best score (as val_metric's) on a fixed subset of the test split",
         ("oracle_metrics",), _metric_score("oracle_metrics"), upper_bound=True),
 )}
 

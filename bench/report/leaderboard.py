@@ -138,9 +138,8 @@ def render(results_dir: Path, output: Path, plots_dir: Path | None = None,
 def _markdown(tables: list[Table], summaries: dict[str, Summary], records: list[dict],
               results_dir: Path, output: Path, plots_dir: Path, rule: str) -> str:
     the_rule = sel.get(rule)
-    bound = (" **This is the `oracle` rule: it chooses epochs with test data, an upper bound on "
-             "what a validation rule can reach, not a result.**" if the_rule.upper_bound
-             else "")
+    bound = (f" **`{rule}` chooses epochs with test data: an upper bound on what a validation "
+             "rule can reach, not a result.**" if the_rule.upper_bound else "")
     lines = [
         "# Leaderboard",
         "",

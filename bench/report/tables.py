@@ -156,7 +156,10 @@ class Table:
 
     @property
     def tests(self) -> int:
-        return sum(1 for r in self.rows for c in r.comparisons.values() if not math.isnan(c.p))
+        """Distinct paired tests of the table (what Holm's correction counts)."""
+        pairs = {frozenset((r.label, key)) if not self.ablation else (r.label, key)
+                 for r in self.rows for key, c in r.comparisons.items() if not math.isnan(c.p)}
+        return len(pairs)
 
     @property
     def missing(self) -> int:
@@ -243,8 +246,11 @@ def _row(label: str, recs: list[dict[str, Any]], baseline: Metrics | None,
 
 
 def _compare(table: Table, references: dict[str, Row]) -> None:
-    """Paired tests of every row against each reference row, Holm-corrected over the table."""
-    tests: list[Comparison] = []
+    """Paired tests of every row against each reference row, Holm-corrected over the table's
+    distinct tests (HPS against Single-task and Single-task against HPS are one test, shown
+    in both rows)."""
+    tests: dict[tuple[str, str], Comparison] = {}
+    mirrored: list[tuple[Comparison, Comparison]] = []
     for row in table.rows:
         for key, ref in references.items():
             if row.label == ref.label and not table.ablation:
@@ -255,13 +261,20 @@ def _compare(table: Table, references: dict[str, Row]) -> None:
                 continue
             a, b = [mine[s] for s in seeds], [theirs[s] for s in seeds]
             diff = statistics.fmean(x - y for x, y in zip(a, b))
-            comparison = Comparison(REFERENCE_LABELS[key], len(seeds), diff,
-                                    paired_t_test(a, b),
+            comparison = Comparison(REFERENCE_LABELS[key], len(seeds), diff, math.nan,
                                     better=diff > 0 if table.higher_is_better else diff < 0)
             row.comparisons[key] = comparison
-            tests.append(comparison)
-    for comparison, adjusted in zip(tests, holm([c.p for c in tests])):
+            twin = tests.get((ref.label, row.label)) if not table.ablation else None
+            if twin is not None:
+                mirrored.append((comparison, twin))
+                continue
+            comparison.p = paired_t_test(a, b)
+            tests[(row.label, ref.label)] = comparison
+    unique = list(tests.values())
+    for comparison, adjusted in zip(unique, holm([c.p for c in unique])):
         comparison.p_holm = adjusted
+    for comparison, twin in mirrored:
+        comparison.p, comparison.p_holm = twin.p, twin.p_holm
 
 
 def _sort(table: Table) -> None:
