@@ -107,6 +107,8 @@ class SelectionRule:
     scorer: Callable[[Entry, Entry, Tasks], float]
     #: chooses with test data: shown as an upper bound, never as a result
     upper_bound: bool = False
+    #: always chooses the latest epoch (the engine keeps no model state for it)
+    latest: bool = False
 
     def _view(self, entry: Entry) -> Entry:
         return {k: entry[k] for k in self.reads}
@@ -133,7 +135,7 @@ RULES: dict[str, SelectionRule] = {rule.name: rule for rule in (
         "the epoch with the best validation score (the Avg where the table reports one, else "
         "the Δm%-like mean relative change of every metric against the run's first epoch)",
         ("val_metrics",), _metric_score("val_metrics")),
-    SelectionRule("last", "the last epoch", ("epoch",), _last),
+    SelectionRule("last", "the last epoch", ("epoch",), _last, latest=True),
     SelectionRule(
         "oracle",
         "the epoch with the best score (as val_metric's) on a fixed subset of the test split",

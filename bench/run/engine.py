@@ -416,16 +416,18 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
                                  "val_metrics": val_metrics}
         if oracle is not None:
             entry["oracle_metrics"] = evaluate(model, data, oracle, setup.eval_batch_size)[0]
-        if running.update(entry):
-            states[epoch] = copy.deepcopy(model.state_dict())
+        if any(not selection.RULES[name].latest for name in running.update(entry)):
+            states[epoch] = copy.deepcopy(model.state_dict())  # the model at the end is "last"
         chosen = set(running.chosen().values())
         for old in [e for e in states if e not in chosen]:
             del states[old]  # no rule chooses that epoch any more
         history.append(_history_entry(entry, running.history))
     chosen_epochs = running.chosen()
     test_at: dict[int, dict[str, dict[str, float]]] = {}
-    for epoch in sorted(set(chosen_epochs.values())):  # the full test split once per epoch
-        model.load_state_dict(states[epoch])
+    final = setup.epochs - 1
+    for epoch in sorted(set(chosen_epochs.values()), key=lambda e: e != final):
+        if epoch != final:  # the final epoch first: that model is the one in memory
+            model.load_state_dict(states[epoch])
         test_at[epoch], _ = evaluate(model, data, data.test, setup.eval_batch_size)
     chosen_by = {name: {"epoch": epoch, "val": running.history[epoch]["val_metrics"],
                         "test": test_at[epoch]} for name, epoch in chosen_epochs.items()}
@@ -452,8 +454,13 @@ def _history_entry(entry: dict[str, Any], history: list[dict[str, Any]]) -> dict
 
 #: share of each task's test split evaluated every epoch for the ``oracle`` rule, and the
 #: smallest such subset (the whole split when it is smaller)
-ORACLE_FRACTION = 0.05
+ORACLE_FRACTION = 0.025
 ORACLE_MIN = 32
+
+
+def oracle_size(n: int, fraction: float = ORACLE_FRACTION, minimum: int = ORACLE_MIN) -> int:
+    """Samples of a task's fixed test subset (:func:`oracle_subset`) when its split has ``n``."""
+    return min(n, max(minimum, math.ceil(fraction * n)))
 
 
 def oracle_subset(data: ScenarioData, split: Split, fraction: float = ORACLE_FRACTION,
@@ -462,7 +469,7 @@ def oracle_subset(data: ScenarioData, split: Split, fraction: float = ORACLE_FRA
     ``max(minimum, fraction · n)`` samples evenly spaced through the split (so an ordered
     split — e.g. files sorted by class — is covered from end to end), unread if streamed."""
     def pick(n: int) -> torch.Tensor:
-        m = min(n, max(minimum, math.ceil(fraction * n)))
+        m = oracle_size(n, fraction, minimum)
         return torch.arange(m) * n // m
 
     def sub(samples: Any, idx: torch.Tensor) -> Any:
