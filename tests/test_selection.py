@@ -154,9 +154,9 @@ def test_engine_evaluates_the_full_test_split_once_per_distinct_epoch(tiny_scena
     calls = []
     real = engine.evaluate
 
-    def counting(model, data_, split, batch_size):
+    def counting(model, data_, split, batch_size, fused=False):
         calls.append(split is data.test)
-        return real(model, data_, split, batch_size)
+        return real(model, data_, split, batch_size, fused)
 
     monkeypatch.setattr(engine, "evaluate", counting)
     result = engine.train(resolve_method("hps"), scenario, data, setup, seed=0)
@@ -182,3 +182,19 @@ def test_oracle_subset_is_fixed_and_spread_through_the_split(tiny_scenario) -> N
     assert torch.equal(oracle_subset(data, split).inputs, oracle_subset(data, split).inputs)
     assert oracle_subset(data, Split(x[:10], {t.name: torch.arange(10) for t in data.tasks}),
                          minimum=32).size(data.task_names[0]) == 10
+
+
+@pytest.mark.parametrize("method", ["hps", "mola_grad", "mmoe"])
+def test_fused_evaluation_equals_evaluation_task_by_task(tiny_scenario, method: str) -> None:
+    """The oracle's subset is evaluated in fused chunks mixing the tasks' samples: the same
+    metrics as one task at a time, chunk boundaries falling inside a task or not."""
+    from bench.models.method import build_model, resolve_method
+    from bench.run.engine import evaluate
+
+    _, data = tiny_scenario("multi_input")
+    model = build_model(resolve_method(method), data)
+    for batch_size in (3, 8, 64):
+        plain, plain_losses = evaluate(model, data, data.test, batch_size)
+        fused, fused_losses = evaluate(model, data, data.test, batch_size, fused=True)
+        assert fused == plain
+        assert fused_losses == pytest.approx(plain_losses, rel=1e-5)

@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
@@ -249,36 +248,66 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
-             ) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Metrics per task and the mean loss of each task on ``split``."""
+def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int,
+             fused: bool = False) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Metrics per task and the mean loss of each task on ``split``. Multi-input scenarios are
+    evaluated one task at a time, or with ``fused`` in chunks that mix the tasks' samples (one
+    forward pass per chunk, rows routed by task id, as in fused training: fewer calls for a
+    small split such as the oracle's test subset)."""
     model.eval()
     metrics: dict[str, dict[str, float]] = {}
     losses = []
     accs = {t.name: {m: METRICS[m].factory(t.num_outputs) for m in t.metrics} for t in data.tasks}
     loss_sums = {t.name: 0.0 for t in data.tasks}
     counts = {t.name: 0 for t in data.tasks}
-    chunks: list[tuple[str | None, slice]] = []
-    if data.multi_input:
+    # a chunk: the (task, slice) parts evaluated in one forward pass; task None = every task
+    chunks: list[list[tuple[str | None, slice]]] = []
+    if data.multi_input and fused:
+        part: list[tuple[str | None, slice]] = []
+        room = batch_size
+        for t in data.task_names:
+            start, n = 0, split.size(t)
+            while start < n:
+                take = min(room, n - start)
+                part.append((t, slice(start, start + take)))
+                start, room = start + take, room - take
+                if room == 0:
+                    chunks.append(part)
+                    part, room = [], batch_size
+        if part:
+            chunks.append(part)
+    elif data.multi_input:
         for t in data.task_names:
             n = split.size(t)
-            chunks += [(t, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+            chunks += [[(t, slice(i, i + batch_size))] for i in range(0, n, batch_size)]
     else:
         n = split.size(data.task_names[0])
-        chunks = [(None, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+        chunks = [[(None, slice(i, i + batch_size))] for i in range(0, n, batch_size)]
     specs = {t.name: t for t in data.tasks}
     dev = _device_of(model)
 
-    def fetch(task_name: str | None, sl: slice) -> Batch:
-        evaluated = [task_name] if task_name else data.task_names
-        x = _task_input(split, task_name or data.task_names[0])[sl]
-        return x, {t: split.targets[t][sl] for t in evaluated}
+    def fetch(parts: list[tuple[str | None, slice]]) -> Batch:
+        if parts[0][0] is None:
+            sl = parts[0][1]
+            return split.inputs[sl], {t: split.targets[t][sl] for t in data.task_names}
+        xs = [_task_input(split, t)[sl] for t, sl in parts]  # type: ignore[arg-type]
+        return (torch.cat(xs) if len(xs) > 1 else xs[0],
+                {t: split.targets[t][sl] for t, sl in parts})  # type: ignore[index]
 
-    fetches = (partial(fetch, task_name, sl) for task_name, sl in chunks)
-    for (task_name, _), (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
+    fetches = (partial(fetch, parts) for parts in chunks)
+    for parts, (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
         x = x.to(dev)
-        out = model(x, task_name=task_name) if task_name else model(x)
+        if parts[0][0] is None:
+            out = model(x)
+        elif len(parts) == 1 and not fused:
+            out = model(x, task_name=parts[0][0])
+        else:
+            ids = torch.cat([torch.full((len(ys[t]),), data.task_names.index(t),  # type: ignore
+                                        dtype=torch.long) for t, _ in parts])
+            out = model(x, task_ids=ids.to(dev))
         for t, pred in out.items():
+            if t not in ys or not len(ys[t]):
+                continue
             y = ys[t].to(dev)
             loss_sums[t] += float(task_loss(specs[t].kind, pred, y, specs[t].loss)) * len(y)
             counts[t] += len(y)
@@ -414,10 +443,12 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             raise DivergedError(step, task_losses)
         entry: dict[str, Any] = {"epoch": epoch, "val_task_losses": task_losses,
                                  "val_metrics": val_metrics}
-        if oracle is not None:
-            entry["oracle_metrics"] = evaluate(model, data, oracle, setup.eval_batch_size)[0]
+        if oracle is not None:  # small: one fused pass where the architecture allows it
+            entry["oracle_metrics"] = evaluate(model, data, oracle, setup.eval_batch_size,
+                                               fused)[0]
         if any(not selection.RULES[name].latest for name in running.update(entry)):
-            states[epoch] = copy.deepcopy(model.state_dict())  # the model at the end is "last"
+            # the model at the end is "last"'s choice: no copy for it
+            states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         chosen = set(running.chosen().values())
         for old in [e for e in states if e not in chosen]:
             del states[old]  # no rule chooses that epoch any more
