@@ -323,3 +323,23 @@ def test_committed_records_export_to_latex_and_csv(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no record holds selection rule 'oracle'" in err[0]
     assert not (tmp_path / "o.md").exists()
+
+
+def test_records_of_an_older_data_version_are_left_out(tmp_path: Path) -> None:
+    """A results folder that kept the records of earlier evaluation splits: a table shows the
+    newest data version only, and says how many it left out."""
+    import json
+
+    root = synthetic(tmp_path / "r")
+    for path in sorted(root.rglob("seed*.json")):
+        record = json.loads(path.read_text())
+        record["config"]["scenario_data_version"] = "10"
+        write_json_atomic(path, record)
+        if "synthetic_cls" in str(path) and record["label"] == "big":
+            record["config"]["scenario_data_version"] = "9"  # older: "9" < "10"
+            record["metrics"]["test"] = {t: {"accuracy": 0.0} for t in record["metrics"]["test"]}
+            write_json_atomic(path.with_name(f"old-{path.name}"), record)
+    text, _ = render(root, tmp_path / "lb.md")
+    assert _rows(text, "`synthetic_cls`")["big"]["n"] == "5"
+    assert "5 record(s) of an older data version of `synthetic_cls`" in text
+    assert "older data version of `synthetic_dense`" not in text

@@ -81,6 +81,9 @@ def table_notes(table: Table) -> list[str]:
     out = []
     if notes:
         out += ["", "† excluded from the means: " + "; ".join(notes) + "."]
+    if table.stale:
+        out += ["", f"{table.stale} record(s) of an older data version of `{table.scenario}` "
+                    "(other evaluation splits) left out."]
     if table.missing:
         out += ["", f"{table.missing} ok run(s) predate the selection rules and hold no "
                     f"`{table.rule}` choice: left out of this table."]

@@ -127,6 +127,8 @@ class Table:
     runs: int
     wall_s: float
     records: list[dict[str, Any]]
+    #: records of an older data version of the scenario, left out (other evaluation splits)
+    stale: int = 0
 
     @property
     def headline(self) -> str:
@@ -291,6 +293,27 @@ def _sort(table: Table) -> None:
     table.rows.sort(key=key)
 
 
+def newest_data_version(records: list[dict[str, Any]]
+                        ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str | None], int]]:
+    """The records of each (profile, scenario)'s newest data version, and how many older ones
+    each table leaves out: a results folder that kept the records of earlier evaluation splits
+    (a bumped ``data_version``) never mixes them into one row."""
+    def version(rec: dict[str, Any]) -> list[Any]:
+        return natural(str(rec.get("config", {}).get("scenario_data_version", "")))
+
+    newest: dict[tuple[str, str], list[Any]] = {}
+    for rec in records:
+        key = (rec["profile"], rec["scenario"])
+        newest[key] = max(newest.get(key, version(rec)), version(rec))
+    kept, stale = [], defaultdict(int)
+    for rec in records:
+        if version(rec) == newest[(rec["profile"], rec["scenario"])]:
+            kept.append(rec)
+        else:
+            stale[(rec["profile"], rec["scenario"], rec.get("ablation"))] += 1
+    return kept, dict(stale)
+
+
 def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
           ) -> tuple[list[Table], dict[str, Summary]]:
     """The tables of ``records`` under selection ``rule`` (profiles: ``default`` first; per
@@ -304,6 +327,7 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
             f"no record holds selection rule {rule!r}: records written before the selection "
             f"rules existed hold only {sel.DEFAULT!r} (use --selection {sel.DEFAULT}, or run "
             "again)")
+    records, stale = newest_data_version(records)
     groups = _group(records)
     profiles = sorted({k[0] for k in groups}, key=lambda p: (p != "default", p))
     tables: list[Table] = []
@@ -330,7 +354,8 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
             table = Table(profile, key[1], ablation,
                           ok_any[0]["config"].get("heterogeneity", ""), tasks, report_average,
                           rule, rows, bool(base_records), len(all_recs),
-                          sum(r["wall_time_s"] or 0 for r in all_recs), all_recs)
+                          sum(r["wall_time_s"] or 0 for r in all_recs), all_recs,
+                          stale.get(key, 0))
             if ablation is None:
                 references = {k: r for r in rows for k in REFERENCES if r.label == k}
                 mains[key[1]] = table
