@@ -189,19 +189,21 @@ def _backend(args: argparse.Namespace) -> Any:
 
 
 def _record_seconds(runs: list[Any], results_dir: Path) -> dict[Any, float]:
-    """The median wall time of earlier records of the same (scenario, label, profile), for the
-    runs that have some."""
+    """The median wall time of earlier records of the same (scenario, data version, label,
+    profile), for the runs that have some (records of other evaluation splits do not count)."""
     import statistics
 
     from bench.records import load_records
 
     records, _ = load_records(results_dir)
-    times: dict[tuple[str, str, str], list[float]] = {}
+    times: dict[tuple[str, str, str, str], list[float]] = {}
     for rec in records:
         if rec.get("wall_time_s"):
-            times.setdefault((rec["scenario"], rec["label"], rec["profile"]), []).append(
-                rec["wall_time_s"])
-    matched = {run: times.get((run.scenario, run.display, run.profile)) for run in runs}
+            version = str(rec["config"].get("scenario_data_version"))
+            times.setdefault((rec["scenario"], version, rec["label"], rec["profile"]),
+                             []).append(rec["wall_time_s"])
+    matched = {run: times.get((run.scenario, str(run.config.get("scenario_data_version")),
+                               run.display, run.profile)) for run in runs}
     return {run: statistics.median(found) for run, found in matched.items() if found}
 
 

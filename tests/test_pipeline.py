@@ -330,3 +330,18 @@ def test_dry_run_plans_a_scenario_whose_data_are_missing(tmp_path: Path, monkeyp
     assert "todo  paper" in captured.out
     assert main(args) == 2  # a real run still stops before training
     assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_estimates_from_records_of_the_same_data_version_only(tmp_path: Path) -> None:
+    from bench.cli import _record_seconds
+
+    run = make_run("hps", SCENARIO, 0, "smoke")
+    for name, version, seconds in (("a", run.config["scenario_data_version"], 10.0),
+                                   ("b", "0", 99.0)):
+        record = {"kind": "run", "method": "hps", "label": "hps", "scenario": SCENARIO,
+                  "seed": 1, "profile": "smoke", "status": "ok", "wall_time_s": seconds,
+                  "config": {**run.config, "scenario_data_version": version},
+                  "config_hash": name, "metrics": {"test": {}}, "trainable_params": 1,
+                  "total_params": 1, "versions": {}}
+        write_json_atomic(tmp_path / f"{name}.json", record)
+    assert _record_seconds([run], tmp_path) == {run: 10.0}
