@@ -52,6 +52,8 @@ FAMILIES: dict[str, str] = {
     "gradient": "Gradient methods",
     "architecture": "Architectures",
     "low_rank": "Low-rank / PEFT",
+    # DomainBed-style baselines (one classifier for all domains, a domain-level loss)
+    "domain_generalisation": "Domain generalisation",
 }
 
 
@@ -178,7 +180,8 @@ def register_weighting(name: str, cls: type, *, description: str = "", **spec: A
 def register_method(name: str, *, architecture: str, weighting: str, description: str,
                     paper: str = "", family: str = "", **kwargs: Any) -> MethodSpec:
     """Register a method; ``family`` groups its rows in tables (a key of :data:`FAMILIES`:
-    baseline, loss_weighting, gradient, architecture, low_rank; inferred when omitted)."""
+    baseline, loss_weighting, gradient, architecture, low_rank, domain_generalisation;
+    inferred when omitted)."""
     spec = MethodSpec(name=name, architecture=architecture, weighting=weighting,
                       description=description, paper=paper, family=family, **kwargs)
     methods.add(name, spec, description)

@@ -19,6 +19,7 @@ LABELS: dict[str, str] = {
     "gradient": "Gradient methods",
     "architecture": "Architectures",
     "low_rank": "Low-rank / PEFT",
+    "domain_generalisation": "Domain generalisation",
 }
 OTHER = "other"
 
@@ -40,6 +41,7 @@ COLORS: dict[str, str] = {
     "gradient": "#ff7f0e",
     "architecture": "#2ca02c",
     "low_rank": "#d62728",
+    "domain_generalisation": "#8c564b",
     OTHER: "#9467bd",
 }
 
