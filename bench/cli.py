@@ -313,19 +313,21 @@ def _backend(args: argparse.Namespace) -> Any:
 
 
 def _record_seconds(runs: list[Any], results_dir: Path) -> dict[Any, float]:
-    """The median wall time of earlier records of the same (scenario, label, profile), for the
-    runs that have some."""
+    """The median wall time of earlier records of the same (scenario, data version, label,
+    profile), for the runs that have some (records of other evaluation splits do not count)."""
     import statistics
 
     from bench.records import load_records
 
     records, _ = load_records(results_dir)
-    times: dict[tuple[str, str, str], list[float]] = {}
+    times: dict[tuple[str, str, str, str], list[float]] = {}
     for rec in records:
         if rec.get("wall_time_s"):
-            times.setdefault((rec["scenario"], rec["label"], rec["profile"]), []).append(
-                rec["wall_time_s"])
-    matched = {run: times.get((run.scenario, run.display, run.profile)) for run in runs}
+            version = str(rec["config"].get("scenario_data_version"))
+            times.setdefault((rec["scenario"], version, rec["label"], rec["profile"]),
+                             []).append(rec["wall_time_s"])
+    matched = {run: times.get((run.scenario, str(run.config.get("scenario_data_version")),
+                               run.display, run.profile)) for run in runs}
     return {run: statistics.median(found) for run, found in matched.items() if found}
 
 
@@ -401,27 +403,45 @@ def _duration(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ leaderboard / results
-def _render(results_dir: Path, output: Path) -> None:
-    """Regenerate the leaderboard; one warning line per record it skipped (``run`` and
-    ``leaderboard`` alike)."""
+def _render(results_dir: Path, output: Path, rule: str = "val_loss", fmt: str = "md") -> str:
+    """Regenerate the leaderboard (``output`` ``-``: only returned); one warning line per record
+    it skipped (``run`` and ``leaderboard`` alike)."""
     from bench.report import render
 
     try:
-        _, bad = render(results_dir, output)
+        text, bad = render(results_dir, output, rule=rule, fmt=fmt)
     except OSError as err:  # e.g. a read-only folder for the plots or the table
         raise UsageError(f"cannot write the leaderboard ({err.strerror or err}: "
                          f"{err.filename or output}); choose a writable --output / "
                          "--results-dir") from None
     for b in bad:
         print(f"warning: skipped {b.path}: {b.problem}", file=sys.stderr)
-    print(f"leaderboard written to {output}", file=sys.stderr)
+    if str(output) != "-":
+        print(f"leaderboard written to {output}", file=sys.stderr)
+    return text
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.records import selection
+    from bench.report import FORMATS
+    from bench.report.leaderboard import DEFAULT_OUTPUTS
+
+    if args.selection not in selection.RULES:
+        raise UsageError(f"unknown selection rule {args.selection!r}; rules: "
+                         f"{', '.join(selection.RULES)}")
+    if args.format not in FORMATS:
+        raise UsageError(f"unknown format {args.format!r}; formats: {', '.join(FORMATS)}")
     results_dir = existing_results(Path(args.results_dir))
-    output = leaderboard_for(results_dir, args.output)
-    writable_file(output, "--output")
-    _render(results_dir, output)
+    if args.output == "-":
+        output = Path("-")
+    else:
+        output = leaderboard_for(results_dir, args.output)
+        if args.output is None:  # leaderboard.md / .tex / .csv by --format
+            output = output.with_name(DEFAULT_OUTPUTS[args.format])
+        writable_file(output, "--output")
+    text = _render(results_dir, output, args.selection, args.format)
+    if str(output) == "-":
+        sys.stdout.write(text)
     return 0
 
 
@@ -518,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-seed", type=int, default=0, metavar="S",
                    help="seed of the search's draws (default 0); the same S gives the same "
                         "configurations on any machine and backend")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2,3,4",
+                   help="comma-separated seeds (default 0,1,2,3,4)")
     p.add_argument("--profile", default="default",
                    help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "
                         "'paper' (the papers' setups on their real datasets, see `bench data`)")
@@ -563,8 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="rebuild leaderboard.md from the records alone")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.add_argument("--output", default=None,
-                   help="default leaderboard.md for the default results folder, else "
-                        "RESULTS_DIR/leaderboard.md")
+                   help="file to write, '-' for stdout (default leaderboard.md, .tex or .csv "
+                        "by --format, beside the default results folder's records' project, "
+                        "else inside RESULTS_DIR)")
+    p.add_argument("--selection", default="val_loss", metavar="RULE",
+                   help="model-selection rule of the tables: val_loss (default), val_metric, "
+                        "last, oracle (an upper bound)")
+    p.add_argument("--format", default="md", metavar="FORMAT",
+                   help="md (default: tables, statistics, figures), latex (booktabs) or csv "
+                        "(one row per run, task and metric)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("results", help="inspect stored records")

@@ -41,7 +41,7 @@ MIN_DIGITS, MAX_DIGITS = 2, 2
 MASK_THRESHOLD = 0.3
 NOISE = 0.1
 #: canvases per profile: (train, val, test)
-COUNTS = {"smoke": (32, 16, 32), "default": (400, 150, 400)}
+COUNTS = {"smoke": (32, 16, 32), "default": (400, 400, 2400)}
 EPOCHS = 20
 BATCH = 16
 LR = 3e-3
@@ -104,7 +104,7 @@ class DigitsScene(Scenario):
     name = "digits_scene"
     heterogeneity = "single_input"
     source = "scikit-learn load_digits (ships with the wheel)"
-    data_version = "1"
+    data_version = "2"  # 2: larger validation (400) and test (2,400) splits
     backbone = "resnet"
 
     def setup(self, profile: str) -> TrainingSetup:
@@ -114,8 +114,12 @@ class DigitsScene(Scenario):
         return TrainingSetup(epochs=EPOCHS, batch_size=BATCH, lr=LR)
 
     def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
+        with dd.one_thread():
+            return self._load(profile)
+
+    def _load(self, profile: str) -> ScenarioData:
         self.check_profile(profile)
-        pools = dd.source_pools({"test": 600, "val": 300, "train": -1}, DATA_SEED)
+        pools = dd.source_pools(dd.LEGACY_POOLS, DATA_SEED)
         splits = {split: build_split(pools[split], count, dd.generator(DATA_SEED, s_idx))
                   for s_idx, (split, count) in enumerate(zip(dd.SPLITS, COUNTS[profile]))}
         tasks = (

@@ -29,4 +29,5 @@ register_method(
     "adapter", architecture="adapter", weighting="ew",
     description="shared Houlsby adapters (bottleneck C/4) in every block of a frozen Swin",
     paper="Houlsby et al., Parameter-Efficient Transfer Learning for NLP, ICML 2019 (§2.1); "
-          "MTLoRA Table 1")
+          "MTLoRA Table 1",
+    family="low_rank")

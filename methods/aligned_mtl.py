@@ -44,8 +44,10 @@ register_weighting("aligned_mtl", AlignedMTL,
 register_method("aligned_mtl", architecture="hps", weighting="aligned_mtl", rep_grad=False,
                 description="hard parameter sharing trained with Aligned-MTL (torchjd)",
                 paper="Senushkin et al., Independent Component Alignment for Multi-Task "
-                      "Learning, CVPR 2023")
+                      "Learning, CVPR 2023",
+                family="gradient")
 register_method("aligned_mtl_ub", architecture="hps", weighting="aligned_mtl", rep_grad=True,
                 description="Aligned-MTL-UB: Aligned-MTL on representation gradients",
                 paper="Senushkin et al., Independent Component Alignment for Multi-Task "
-                      "Learning, CVPR 2023, §4")
+                      "Learning, CVPR 2023, §4",
+                family="gradient")

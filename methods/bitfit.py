@@ -26,4 +26,5 @@ register_architecture(
 register_method(
     "bitfit", architecture="bitfit", weighting="ew",
     description="train only the Swin's biases and the task decoders (MTLoRA Table 1)",
-    paper="Ben Zaken et al., BitFit, ACL 2022; MTLoRA Table 1")
+    paper="Ben Zaken et al., BitFit, ACL 2022; MTLoRA Table 1",
+    family="low_rank")

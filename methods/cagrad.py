@@ -93,6 +93,7 @@ register_weighting("cagrad", CAGrad, description="CAGrad: conflict-averse gradie
                        "c in [0.1, 0.9]: inside the paper's admissible c in [0, 1) (§3.2), "
                        "around its reported choice 0.4 on NYUv2", 0.1, 0.9)})
 register_method("cagrad", architecture="hps", weighting="cagrad",
+                family="gradient",
                 description="hard parameter sharing trained with CAGrad (any number of tasks)",
                 paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, "
                       "NeurIPS 2021")

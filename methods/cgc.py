@@ -89,5 +89,6 @@ register_architecture("cgc", CGC, description="customized gate control: shared +
                               "num_specific_experts": Choice("1 or 2 (Tang et al. 2020 use "
                                                              "1-2 per group)", (1, 2))})
 register_method("cgc", architecture="cgc", weighting="ew",
+                family="architecture",
                 description="CGC (single-level PLE): shared and task-specific expert encoders",
                 paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020")

@@ -35,4 +35,5 @@ register_weighting("config", ConFIG,
 register_method("config", architecture="hps", weighting="config",
                 description="hard parameter sharing trained with ConFIG (torchjd)",
                 paper="Liu, Chu & Thuerey, ConFIG: Towards Conflict-free Training of Physics "
-                      "Informed Neural Networks, ICLR 2025")
+                      "Informed Neural Networks, ICLR 2025",
+                family="gradient")

@@ -50,4 +50,5 @@ register_architecture(
 register_method(
     "coral", architecture="coral", weighting="ew",
     description="CORAL: align the domains' feature means and covariances",
-    paper="Sun & Saenko, Deep CORAL, ECCV-W 2016 (Eq. 1); DomainBed's CORAL (mmd_gamma = 1)")
+    paper="Sun & Saenko, Deep CORAL, ECCV-W 2016 (Eq. 1); DomainBed's CORAL (mmd_gamma = 1)",
+    family="domain_generalisation")

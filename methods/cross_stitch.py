@@ -81,5 +81,6 @@ register_architecture("cross_stitch", CrossStitch,
                       search={"self_weight": Choice("Misra et al. 2016 Table 2's initialisations "
                                                     "(0.5/0.5, 0.9/0.1, 1/0)", (0.5, 0.9, 1.0))})
 register_method("cross_stitch", architecture="cross_stitch", weighting="ew",
+                family="architecture",
                 description="Cross-Stitch: task columns mixed by learnt T x T units per stage",
                 paper="Misra et al., Cross-stitch Networks for Multi-task Learning, CVPR 2016")

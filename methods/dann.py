@@ -68,4 +68,5 @@ register_method(
     "dann", architecture="dann", weighting="ew",
     description="DANN: domain-adversarial features through a gradient-reversal layer",
     paper="Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 2016 (§3.4, "
-          "Eq. 9-14); DomainBed's DANN hyper-parameters")
+          "Eq. 9-14); DomainBed's DANN hyper-parameters",
+    family="domain_generalisation")

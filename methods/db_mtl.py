@@ -57,4 +57,5 @@ register_weighting("db_mtl", DBMTL,
 register_method("db_mtl", architecture="hps", weighting="db_mtl",
                 description="hard parameter sharing trained with DB-MTL",
                 paper="Lin et al., Dual-Balancing for Multi-Task Learning, arXiv:2308.12029, "
-                      "2023")
+                      "2023",
+                family="loss_weighting")

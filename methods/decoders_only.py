@@ -21,4 +21,5 @@ register_architecture(
 register_method(
     "decoders_only", architecture="decoders_only", weighting="ew",
     description="frozen Swin backbone, trained task decoders (MTLoRA Table 1)",
-    paper="Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1: MTL - Tuning Decoders Only)")
+    paper="Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1: MTL - Tuning Decoders Only)",
+    family="low_rank")

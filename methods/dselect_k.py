@@ -152,4 +152,5 @@ register_method(
     description="DSelect-k: shared experts with sparse differentiable per-task gates, equal "
                 "weights",
     paper="Hazimeh et al., DSelect-k: Differentiable Selection in the Mixture of Experts with "
-          "Applications to Multi-Task Learning, NeurIPS 2021 (§3)")
+          "Applications to Multi-Task Learning, NeurIPS 2021 (§3)",
+    family="architecture")

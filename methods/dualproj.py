@@ -36,4 +36,5 @@ register_weighting("dualproj", DualProj,
 register_method("dualproj", architecture="hps", weighting="dualproj",
                 description="hard parameter sharing trained with DualProj (torchjd)",
                 paper="Lopez-Paz & Ranzato, Gradient Episodic Memory, NeurIPS 2017 (Eq. 11); "
-                      "Quinton & Rey, arXiv:2406.16232, 2024")
+                      "Quinton & Rey, arXiv:2406.16232, 2024",
+                family="gradient")

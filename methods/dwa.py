@@ -49,5 +49,6 @@ register_weighting(
                         (1.0, 2.0, 5.0))})
 register_method(
     "dwa", architecture="hps", weighting="dwa", rep_grad=False,
+    family="loss_weighting",
     description="hard parameter sharing with DWA loss weighting",
     paper="Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019")

@@ -63,4 +63,5 @@ register_method(
     "eqrm", architecture="uniform", weighting="eqrm",
     description="EQRM: minimise the 0.75-quantile of the domains' risks (after ERM burn-in)",
     paper="Eastwood et al., Probable Domain Generalization via Quantile Risk Minimization, "
-          "NeurIPS 2022 (Alg. 1); DomainBed's eqrm_quantile / eqrm_burnin_iters")
+          "NeurIPS 2022 (Alg. 1); DomainBed's eqrm_quantile / eqrm_burnin_iters",
+    family="domain_generalisation")

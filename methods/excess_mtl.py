@@ -66,4 +66,5 @@ register_weighting("excess_mtl", ExcessMTL,
                    defaults={"robust_step_size": 1e-2}, rep_grad=(False,))
 register_method("excess_mtl", architecture="hps", weighting="excess_mtl",
                 description="hard parameter sharing trained with ExcessMTL",
-                paper="He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024")
+                paper="He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024",
+                family="gradient")

@@ -36,4 +36,5 @@ register_weighting("fairgrad", FairGrad,
                    defaults={"alpha": 1.0, "max_iters": None}, rep_grad=(False,))
 register_method("fairgrad", architecture="hps", weighting="fairgrad",
                 description="hard parameter sharing trained with FairGrad (torchjd)",
-                paper="Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024")
+                paper="Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024",
+                family="gradient")

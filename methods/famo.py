@@ -106,4 +106,5 @@ register_weighting("famo", FAMO,
                    rep_grad=(False,))
 register_method("famo", architecture="hps", weighting="famo",
                 description="hard parameter sharing trained with FAMO",
-                paper="Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023")
+                paper="Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023",
+                family="loss_weighting")

@@ -22,4 +22,5 @@ register_architecture(
 register_method(
     "full_finetune", architecture="full_finetune", weighting="ew",
     description="the whole Swin and the task decoders trained (MTLoRA Table 1)",
-    paper="Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1: MTL - Full Fine Tuning)")
+    paper="Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1: MTL - Full Fine Tuning)",
+    family="low_rank")

@@ -45,4 +45,5 @@ register_weighting("gls", GLS, description="GLS: geometric mean of the task loss
                    defaults={}, rep_grad=(False,))
 register_method("gls", architecture="hps", weighting="gls",
                 description="hard parameter sharing with the geometric mean of the losses",
-                paper="Chennupati et al., MultiNet++, CVPR Workshops 2019")
+                paper="Chennupati et al., MultiNet++, CVPR Workshops 2019",
+                family="loss_weighting")

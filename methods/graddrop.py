@@ -42,5 +42,6 @@ register_weighting(
     settings=GradDropSettings, rep_grad=(True,))
 register_method(
     "graddrop", architecture="hps", weighting="graddrop", rep_grad=True,
+    family="gradient",
     description="hard parameter sharing with GradDrop (representation gradients)",
     paper="Chen et al., Just Pick a Sign: Gradient Sign Dropout, NeurIPS 2020")

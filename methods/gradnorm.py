@@ -47,5 +47,6 @@ register_weighting(
                              "report alpha in [0, 3]: that interval", 0.0, 3.0)})
 register_method(
     "gradnorm", architecture="hps", weighting="gradnorm", rep_grad=False,
+    family="gradient",
     description="hard parameter sharing with GradNorm",
     paper="Chen et al., GradNorm, ICML 2018")

@@ -47,5 +47,6 @@ register_weighting(
                                "log-range between 1e-3 and 0.5", 1e-3, 0.5)})
 register_method(
     "gradvac", architecture="hps", weighting="gradvac", rep_grad=False,
+    family="gradient",
     description="hard parameter sharing with GradVac",
     paper="Wang et al., Gradient Vaccine, ICLR 2021")

@@ -54,4 +54,5 @@ register_method(
     "groupdro", architecture="uniform", weighting="groupdro",
     description="GroupDRO: minimise the worst domain's risk (online group weights, η = 0.01)",
     paper="Sagawa et al., Distributionally Robust Neural Networks, ICLR 2020 (Alg. 1); "
-          "DomainBed's groupdro_eta")
+          "DomainBed's groupdro_eta",
+    family="domain_generalisation")

@@ -63,5 +63,6 @@ register_architecture("hps", HPS, description="hard parameter sharing: one share
 register_weighting("ew", EW, description="equal weighting, L = sum of task losses",
                    rep_grad=(False, True))
 register_method("hps", architecture="hps", weighting="ew",
+                family="baseline",
                 description="hard parameter sharing, equal loss weights",
                 paper="Caruana, Multitask Learning, ICML 1993")

@@ -87,5 +87,6 @@ register_weighting(
     rep_grad=(False, True))
 register_method(
     "imtl", architecture="hps", weighting="imtl", rep_grad=False,
+    family="gradient",
     description="hard parameter sharing with IMTL",
     paper="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021")

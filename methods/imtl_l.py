@@ -47,4 +47,5 @@ register_weighting("imtl_l", IMTLL,
                    defaults={}, rep_grad=(False,))
 register_method("imtl_l", architecture="hps", weighting="imtl_l",
                 description="hard parameter sharing with IMTL-L loss balancing",
-                paper="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021, §3.2")
+                paper="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021, §3.2",
+                family="loss_weighting")

@@ -49,4 +49,5 @@ register_weighting("linear_scalarization", LinearScalarization,
                    defaults={"weights": None}, rep_grad=(False,))
 register_method("linear_scalarization", architecture="hps", weighting="linear_scalarization",
                 description="hard parameter sharing with fixed task weights",
-                paper="weighted-sum scalarization; Xin et al., NeurIPS 2022")
+                paper="weighted-sum scalarization; Xin et al., NeurIPS 2022",
+                family="loss_weighting")

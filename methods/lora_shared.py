@@ -29,4 +29,5 @@ register_architecture(
 register_method(
     "lora_shared", architecture="lora_shared", weighting="ew",
     description="one LoRA set shared by all tasks on a frozen Swin (MTLoRA without TS-LoRA)",
-    paper="Hu et al., LoRA, ICLR 2022; Agiza et al., MTLoRA, CVPR 2024 (§4.4, Fig. 4)")
+    paper="Hu et al., LoRA, ICLR 2022; Agiza et al., MTLoRA, CVPR 2024 (§4.4, Fig. 4)",
+    family="low_rank")

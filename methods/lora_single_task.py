@@ -30,4 +30,5 @@ register_architecture(
 register_method(
     "lora_single_task", architecture="lora_single_task", weighting="ew",
     description="one LoRA-adapted frozen Swin per task, rank 4 (MTLoRA Table 1's LoRA)",
-    paper="Hu et al., LoRA, ICLR 2022; Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1)")
+    paper="Hu et al., LoRA, ICLR 2022; Agiza et al., MTLoRA, CVPR 2024 (§4.2, Table 1)",
+    family="low_rank")

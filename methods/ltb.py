@@ -139,4 +139,5 @@ register_method(
     "ltb", architecture="ltb", weighting="ew",
     description="LTB: Gumbel-softmax-learnt branching tree over the encoder stages, equal "
                 "weights",
-    paper="Guo, Lee & Ulbricht, Learning to Branch for Multi-Task Learning, ICML 2020 (§3)")
+    paper="Guo, Lee & Ulbricht, Learning to Branch for Multi-Task Learning, ICML 2020 (§3)",
+    family="architecture")

@@ -150,10 +150,12 @@ register_weighting("mgda", MGDA, description="MGDA: min-norm element of the task
                                              "code (LibMTL's mgda_gn)",
                                              ("none", "l2", "loss", "loss+"))})
 register_method("mgda", architecture="hps", weighting="mgda", rep_grad=False,
+                family="gradient",
                 description="hard parameter sharing trained with MGDA (shared-parameter grads)",
                 paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "
                       "NeurIPS 2018")
 register_method("mgda_ub", architecture="hps", weighting="mgda", rep_grad=True,
+                family="gradient",
                 description="MGDA-UB: MGDA on gradients w.r.t. the shared representation",
                 paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "
                       "NeurIPS 2018, §3.3")

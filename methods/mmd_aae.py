@@ -101,4 +101,5 @@ register_method(
     "mmd_aae", architecture="mmd_aae", weighting="ew",
     description="MMD-AAE: MMD-aligned autoencoder codes with an adversarial Laplace prior",
     paper="Li et al., Domain Generalization with Adversarial Feature Learning, CVPR 2018 "
-          "(§3, Eq. 9)")
+          "(§3, Eq. 9)",
+    family="domain_generalisation")

@@ -67,6 +67,7 @@ register_architecture("mmoe", MMoE, description="multi-gate mixture of experts (
                                                     "et al. 2018 vary 2-8 experts)",
                                                     (2, 3, 4, 6))})
 register_method("mmoe", architecture="mmoe", weighting="ew",
+                family="architecture",
                 description="MMoE: shared expert encoders mixed by per-task gates",
                 paper="Ma et al., Modeling Task Relationships in Multi-task Learning with "
                       "Multi-gate Mixture-of-Experts, KDD 2018")

@@ -90,4 +90,5 @@ register_weighting("moco", MoCo,
 register_method("moco", architecture="hps", weighting="moco",
                 description="hard parameter sharing trained with MoCo",
                 paper="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: "
-                      "A Provably Convergent Approach, ICLR 2023")
+                      "A Provably Convergent Approach, ICLR 2023",
+                family="gradient")

@@ -88,6 +88,7 @@ register_architecture(
     search={"rank": Choice("MoLA Table 6's ranks", (1, 4, 8, 16, 64))})
 register_method(
     "mola_grad", architecture="mola_grad", weighting="ew",
+    family="low_rank",
     description="MoLA-Grad: per-task low-rank adapters selected by task id, equal weights",
     paper="Zhou et al., Exploring Training on Heterogeneous Data with Mixture of Low-rank "
           "Adapters, ICML 2024 (§3.3-3.4)")

@@ -128,6 +128,7 @@ register_architecture(
             "num_adapters": Choice("MoLA Table 11's K", (2, 3, 4))})
 register_method(
     "mola_router", architecture="mola_router", weighting="ew",
+    family="low_rank",
     description="MoLA-Router: router-mixed low-rank adapters with the TwD loss, equal weights",
     paper="Zhou et al., Exploring Training on Heterogeneous Data with Mixture of Low-rank "
           "Adapters, ICML 2024 (§3.5)")

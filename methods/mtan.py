@@ -181,4 +181,5 @@ register_method(
     "mtan", architecture="mtan", weighting="ew",
     description="MTAN: per-task attention over a shared encoder, equal weights",
     paper="Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019 "
-          "(§3.2, Eq. 1-2)")
+          "(§3.2, Eq. 1-2)",
+    family="architecture")

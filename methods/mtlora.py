@@ -34,5 +34,6 @@ register_architecture(
                            "scaled to the embedded Swin's width 24", (4, 8, 16))})
 register_method(
     "mtlora", architecture="mtlora", weighting="ew",
+    family="low_rank",
     description="MTLoRA: shared + task-specific low-rank adapters on a frozen Swin",
     paper="Agiza et al., MTLoRA, CVPR 2024 (§3.2-3.4, Eq. 1-2, 4)")

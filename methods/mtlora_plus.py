@@ -20,5 +20,6 @@ register_architecture(
     settings=MTLoRAPlusSettings, **SWIN_ENCODER, paper_scale=paper_scale(rank=4))
 register_method(
     "mtlora_plus", architecture="mtlora_plus", weighting="ew",
+    family="low_rank",
     description="MTLoRA+: MTLoRA with low-rank modules on patch merging",
     paper="Agiza et al., MTLoRA, CVPR 2024 (§3.4, Table 1)")

@@ -72,4 +72,5 @@ register_weighting("nash_mtl", NashMTL,
                    rep_grad=(False,))
 register_method("nash_mtl", architecture="hps", weighting="nash_mtl",
                 description="hard parameter sharing trained with Nash-MTL (torchjd)",
-                paper="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022")
+                paper="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
+                family="gradient")

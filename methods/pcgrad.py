@@ -29,5 +29,6 @@ class PCGrad(CompatWeighting, LibMTLPCGrad):
 register_weighting("pcgrad", PCGrad, description="PCGrad: project conflicting task gradients",
                    rep_grad=(False,))
 register_method("pcgrad", architecture="hps", weighting="pcgrad",
+                family="gradient",
                 description="hard parameter sharing trained with PCGrad gradient surgery",
                 paper="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020")

@@ -171,4 +171,5 @@ register_architecture(
 register_method(
     "ple", architecture="ple", weighting="ew",
     description="PLE: multi-level extraction networks over encoder pieces, equal weights",
-    paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020 (§4.3, Eq. 5-6)")
+    paper="Tang et al., Progressive Layered Extraction (PLE), RecSys 2020 (§4.3, Eq. 5-6)",
+    family="architecture")

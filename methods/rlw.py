@@ -47,5 +47,6 @@ register_weighting(
                            ("Normal", "Uniform", "Dirichlet", "Bernoulli"))})
 register_method(
     "rlw", architecture="hps", weighting="rlw", rep_grad=False,
+    family="loss_weighting",
     description="hard parameter sharing with random loss weights",
     paper="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022")

@@ -50,4 +50,5 @@ register_weighting("sdmgrad", SDMGrad,
                    rep_grad=(False,))
 register_method("sdmgrad", architecture="hps", weighting="sdmgrad",
                 description="hard parameter sharing trained with SDMGrad (torchjd, one batch)",
-                paper="Xiao, Ban & Ji, Direction-oriented Multi-objective Learning, NeurIPS 2023")
+                paper="Xiao, Ban & Ji, Direction-oriented Multi-objective Learning, NeurIPS 2023",
+                family="gradient")

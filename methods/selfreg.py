@@ -92,4 +92,5 @@ register_architecture(
 register_method(
     "selfreg", architecture="selfreg", weighting="ew",
     description="SelfReg: same-class feature and logit alignment across domains, with mixup",
-    paper="Kim et al., SelfReg, ICCV 2021 (§3); the authors' DomainBed implementation")
+    paper="Kim et al., SelfReg, ICCV 2021 (§3); the authors' DomainBed implementation",
+    family="domain_generalisation")

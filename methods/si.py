@@ -40,4 +40,5 @@ register_weighting("si", ScaleInvariant, description="SI: sum of the log task lo
                    defaults={}, rep_grad=(False,))
 register_method("si", architecture="hps", weighting="si",
                 description="hard parameter sharing with the sum of log losses (scale-invariant)",
-                paper="Navon et al., ICML 2022 (baseline SI); Lin et al., 2023")
+                paper="Navon et al., ICML 2022 (baseline SI); Lin et al., 2023",
+                family="loss_weighting")

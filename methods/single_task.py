@@ -44,5 +44,6 @@ class SingleTask(CompatArchitecture):
 register_architecture("single_task", SingleTask,
                       description="one independent encoder per task (no sharing)")
 register_method("single_task", architecture="single_task", weighting="ew",
+                family="baseline",
                 description="one network per task, trained on its own data (Δm% reference)",
                 paper="MoLA (ICML 2024) Appendix A, baseline (1)")

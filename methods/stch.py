@@ -84,4 +84,5 @@ register_weighting("stch", STCH,
 register_method("stch", architecture="hps", weighting="stch",
                 description="hard parameter sharing with smooth Tchebycheff scalarization",
                 paper="Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective "
-                      "Optimization, ICML 2024")
+                      "Optimization, ICML 2024",
+                family="loss_weighting")

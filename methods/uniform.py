@@ -81,5 +81,6 @@ register_architecture("uniform", Uniform,
                       description="one network and one output layer for all tasks, data pooled",
                       supports_rep_grad=False)
 register_method("uniform", architecture="uniform", weighting="ew",
+                family="baseline",
                 description="one network, one shared output layer, all data pooled",
                 paper="MoLA (ICML 2024) Appendix A, domain-heterogeneity baseline (1)")

@@ -40,4 +40,5 @@ register_weighting("upgrad", UPGrad,
 register_method("upgrad", architecture="hps", weighting="upgrad",
                 description="hard parameter sharing trained with UPGrad (torchjd)",
                 paper="Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, "
-                      "arXiv:2406.16232, 2024")
+                      "arXiv:2406.16232, 2024",
+                family="gradient")

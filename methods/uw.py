@@ -35,6 +35,7 @@ register_weighting(
     rep_grad=(False,))
 register_method(
     "uw", architecture="hps", weighting="uw", rep_grad=False,
+    family="loss_weighting",
     description="hard parameter sharing with uncertainty loss weighting",
     paper="Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses "
           "for Scene Geometry and Semantics, CVPR 2018")

@@ -33,4 +33,5 @@ register_architecture(
 register_method(
     "vpt_deep", architecture="vpt_deep", weighting="ew",
     description="prompt tokens prepended in every block's attention windows, shared (VPT-deep)",
-    paper="Jia et al., Visual Prompt Tuning, ECCV 2022 (§3.2); MTLoRA Table 1")
+    paper="Jia et al., Visual Prompt Tuning, ECCV 2022 (§3.2); MTLoRA Table 1",
+    family="low_rank")

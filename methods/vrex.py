@@ -66,4 +66,5 @@ register_method(
     "vrex", architecture="uniform", weighting="vrex",
     description="V-REx: penalise the variance of the domains' risks (λ = 10 after 10 % of steps)",
     paper="Krueger et al., Out-of-Distribution Generalization via Risk Extrapolation, ICML 2021 "
-          "(Eq. 8); DomainBed's vrex_lambda / vrex_penalty_anneal_iters")
+          "(Eq. 8); DomainBed's vrex_lambda / vrex_penalty_anneal_iters",
+    family="domain_generalisation")

@@ -104,8 +104,11 @@ def test_run_flops_follow_the_engines_steps_and_evaluations() -> None:
         list(shape.sizes["train"].values()), setup.batch_size, True)
     assert result.train_flops == result.steps * result.step_flops
     spec = resolve_method("hps")
-    assert result.eval_flops == (setup.epochs * cost.eval_flops(spec, shape, setup, "val")
+    assert result.eval_flops == (setup.epochs * (cost.eval_flops(spec, shape, setup, "val")
+                                                 + cost.eval_flops(spec, shape, setup, "oracle"))
                                  + cost.eval_flops(spec, shape, setup, "test"))
+    assert 0 < cost.eval_flops(spec, shape, setup, "oracle") < cost.eval_flops(
+        spec, shape, setup, "test")  # 32 of the 40 test samples per task
     longer = make_run("hps", "digits_tasks", 0, "smoke", {"train.epochs": 2 * setup.epochs})
     assert cost.run_flops(longer).train_flops == 2 * result.train_flops  # type: ignore[union-attr]
     plan = cost.plan_flops([run, make_run("hps", "digits_tasks", 1, "smoke")])

@@ -55,7 +55,7 @@ def test_shapes_dtypes_and_label_ranges(name: str, profile: str) -> None:
                     assert tuple(y.shape[1:]) == (h, w)
     if profile == "default":
         for task in data.tasks:
-            assert data.test.size(task.name) >= 300
+            assert data.test.size(task.name) >= 1100 and data.val.size(task.name) >= 300
             if task.kind == "classification":  # every class is represented in the test set
                 assert len(torch.unique(data.test.targets[task.name])) == task.num_outputs
     if name == "digits_domains":
@@ -78,30 +78,95 @@ def test_splits_are_deterministic(name: str) -> None:
             assert torch.equal(sa.targets[k], sb.targets[k])
 
 
+def _pools(name: str) -> dict[str, torch.Tensor]:
+    """The source pools a scenario draws from (as its ``load`` computes them)."""
+    mod = _module(name)
+    if name == "digits_scene":
+        return dd.source_pools(dd.LEGACY_POOLS, mod.DATA_SEED)
+    train, held = dd.train_and_held_out(mod.DATA_SEED, mod.TRAIN_SOURCES)
+    if name == "digits_domains":
+        return {"train": train, "test": held[:mod.TEST_SOURCES], "val": held[mod.TEST_SOURCES:]}
+    return {"train": train, "test": held, "val": held}  # digits_tasks: val and test share
+
+
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_source_pools_are_disjoint(name: str) -> None:
-    seed = _module(name).DATA_SEED
-    pools = dd.source_pools({"test": 600, "val": 300, "train": -1}, seed)
-    sets = {k: set(v.tolist()) for k, v in pools.items()}
-    assert sets["train"].isdisjoint(sets["val"])
-    assert sets["train"].isdisjoint(sets["test"])
-    assert sets["val"].isdisjoint(sets["test"])
-    assert sum(len(s) for s in sets.values()) == 1797
+def test_training_sources_are_disjoint_from_evaluation_sources(name: str) -> None:
+    pools = {k: set(v.tolist()) for k, v in _pools(name).items()}
+    assert pools["train"].isdisjoint(pools["val"])
+    assert pools["train"].isdisjoint(pools["test"])
+    if name != "digits_tasks":  # digits_tasks renders val and test from the same held-out images
+        assert pools["val"].isdisjoint(pools["test"])
+    assert len(set().union(*pools.values())) <= 1797
 
 
 def test_rendered_inputs_come_from_their_split_only() -> None:
-    """Domain 'upright' test inputs match their pool's digits, not the training pool's."""
+    """Domain training labels are exactly those of their disjoint slices of the training pool;
+    the test split renders every test-pool image once per domain."""
     mod = _module("digits_domains")
-    images, labels = dd.digits()
-    pools = dd.source_pools({"test": 600, "val": 300, "train": -1}, mod.DATA_SEED)
+    _, labels = dd.digits()
+    pools = _pools("digits_domains")
     data = _load("digits_domains", "default")
     n_train = mod.COUNTS["default"][0]
-    # training images of domain d are pool slice d; the labels must match that slice exactly
     for d_idx, domain in enumerate(mod.DOMAINS):
         idx = pools["train"][d_idx * n_train:(d_idx + 1) * n_train]
         assert torch.equal(data.train.targets[domain], labels[idx])
-    train_set = set(pools["train"].tolist())
-    assert train_set.isdisjoint(pools["test"].tolist())
+        assert torch.equal(torch.bincount(data.test.targets[domain], minlength=10),
+                           torch.bincount(labels[pools["test"]], minlength=10))
+    assert len(pools["train"]) == n_train * len(mod.DOMAINS)
+
+
+#: fingerprints of the training splits of the previous data versions (digits_domains 2,
+#: digits_tasks 1, digits_scene 1): per task the sum and sum of squares of the inputs, and a
+#: hash of the targets (dense float targets x 1000, rounded) — enlarging the evaluation splits
+#: left every training set as it was
+TRAIN_FINGERPRINTS = {
+    "digits_domains/smoke": ("5aa2b56d1c410b7b", {
+        "flip": (1867.59, 1194.73), "mirror": (1856.687, 1188.531),
+        "rot180": (1844.615, 1167.094), "upright": (1838.866, 1173.966)}),
+    "digits_domains/default": ("48e18562bb50eea7", {
+        "flip": (6280.3, 3964.302), "mirror": (6063.014, 3796.654),
+        "rot180": (6205.767, 3898.243), "upright": (6168.23, 3923.87)}),
+    "digits_tasks/smoke": ("d63e45b128213b24", {
+        "digit": (1891.707, 1263.264), "mod3": (4288.637, 3510.933),
+        "pair": (1183.697, 743.743), "rotation": (1792.393, 1127.698)}),
+    "digits_tasks/default": ("3eb3c73b2ca3ad81", {
+        "digit": (9240.083, 5949.904), "mod3": (21516.258, 17780.413),
+        "pair": (5933.335, 3777.502), "rotation": (9355.222, 6057.983)}),
+    "digits_scene/smoke": ("9d30016a78a3d2d0", {"_": (1494.478, 1398.006)}),
+    "digits_scene/default": ("9bb633630338d6c9", {"_": (19496.612, 18447.313)}),
+}
+
+
+@pytest.mark.parametrize("key", list(TRAIN_FINGERPRINTS))
+def test_training_sets_are_those_of_the_previous_data_version(key: str) -> None:
+    import hashlib
+
+    name, profile = key.split("/")
+    target_hash, sums = TRAIN_FINGERPRINTS[key]
+    split = _load(name, profile).train
+    h = hashlib.sha256()
+    for task in sorted(split.targets):
+        y = split.targets[task]
+        h.update(task.encode())
+        h.update((y if y.dtype == torch.long else (y * 1000).round().long()).numpy().tobytes())
+    assert h.hexdigest()[:16] == target_hash
+    inputs = split.inputs if isinstance(split.inputs, dict) else {"_": split.inputs}
+    for task, (total, squares) in sums.items():
+        x = inputs[task].double()
+        assert float(x.sum()) == pytest.approx(total, rel=1e-6, abs=2e-3)
+        assert float((x ** 2).sum()) == pytest.approx(squares, rel=1e-6, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", ["digits_domains", "digits_tasks"])
+def test_test_splits_bound_the_binomial_standard_error(name: str) -> None:
+    """Whatever the accuracy, a task's test accuracy has a binomial SE <= 1.5 points and the
+    Avg over the tasks <= 0.75 (at p = 0.5, the worst case)."""
+    import math
+
+    data = _load(name, "default")
+    ses = [100 * math.sqrt(0.25 / data.test.size(t)) for t in data.task_names]
+    assert max(ses) <= 1.5
+    assert math.sqrt(sum(se ** 2 for se in ses)) / len(ses) <= 0.75
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

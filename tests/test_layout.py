@@ -161,3 +161,36 @@ def test_the_checks_see_a_forbidden_import_and_a_circle(tmp_path: Path) -> None:
     ring = {"bench.run.a": {"bench.run.b"}, "bench.run.b": {"bench.run.c"},
             "bench.run.c": {"bench.run.a"}}
     assert find_cycles(ring) == [["bench.run.a", "bench.run.b", "bench.run.c", "bench.run.a"]]
+
+
+#: the third-party packages a part may import (besides the standard library): records are
+#: read anywhere, and the report rebuilds a leaderboard without torch
+THIRD_PARTY_ALLOWED: dict[str, set[str]] = {
+    "bench.records": {"pydantic"},  # the record schema
+    "bench.report": {"scipy", "matplotlib", "seaborn"},
+}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level names of the non-``bench``, non-standard-library modules ``path``
+    imports (deferred imports included)."""
+    import sys
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and not node.level
+                 else [])
+        for name in names:
+            top = (name or "").split(".")[0]
+            if top and top != "bench" and top not in sys.stdlib_module_names:
+                found.add(top)
+    return found
+
+
+@pytest.mark.parametrize("part", sorted(THIRD_PARTY_ALLOWED))
+def test_records_and_report_need_no_training_stack(part: str) -> None:
+    wrong = [f"{name} imports {sorted(extra)}" for name, path in package_modules().items()
+             if part_of(name) == part
+             and (extra := third_party_imports(path) - THIRD_PARTY_ALLOWED[part])]
+    assert not wrong, "\n".join(wrong)

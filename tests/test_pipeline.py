@@ -87,6 +87,10 @@ def test_smoke_sweep_records_resume_and_deterministic_leaderboard(tmp_path: Path
             assert rec[key] is not None
         assert set(rec["versions"]) >= {"python", "torch", "LibMTL", "git_commit"}
         assert set(rec["metrics"]) == {"val", "test"}
+        assert rec["family"] == "baseline" and "family" not in rec["config"]
+        assert set(rec["selection"]) == {"val_loss", "val_metric", "last", "oracle"}
+        assert rec["selection"]["val_loss"]["test"] == rec["metrics"]["test"]
+        assert rec["selection"]["val_loss"]["epoch"] == rec["best_epoch"]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}
     capsys.readouterr()
     assert _smoke(tmp_path) == 0  # resume: nothing re-run
@@ -175,31 +179,6 @@ def test_plugin_file_in_extra_folder_runs_through_a_sweep(tmp_path: Path, monkey
     assert [r["method"] for r in records] == ["hps_mean"]
 
 
-def test_the_readme_stateful_weighting_example_runs_through_a_sweep(tmp_path: Path,
-                                                                    monkeypatch) -> None:
-    """The README's complete example of the weighting contract (state on the weighting,
-    ``after_step``, returned weights) is copied from the README itself, so the README stays
-    true: it trains, its weights move, and the record holds their per-epoch trajectory."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    after = readme[readme.index("a weighting that learns from the loss decrease"):]
-    code = after[after.index("```python\n") + len("```python\n"):]
-    code = code[:code.index("```")]
-    plugins = tmp_path / "readme_example"
-    plugins.mkdir()
-    (plugins / "slowest_first.py").write_text(code)
-    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
-    assert main(["run", "--method", "hps_slowest_first", "--scenario", SCENARIO, "--seeds", "0",
-                 "--profile", "smoke", "--jobs", "1", "--results-dir", str(tmp_path / "r"),
-                 "--no-leaderboard"]) == 0
-    (record,), _ = load_records(tmp_path / "r")
-    assert record["status"] == "ok"
-    trajectory = [h["task_weights"] for h in record["history"]]
-    assert len(trajectory) == record["epochs"]
-    first, last = trajectory[0]["mean"], trajectory[-1]["mean"]
-    assert len(first) == len(record["tasks"]) and first != last  # the weights learnt
-    assert sum(last) == pytest.approx(len(last), rel=1e-4)  # T · softmax
-
-
 def test_leaderboard_with_no_records(tmp_path: Path) -> None:
     text, bad = render(tmp_path / "empty", tmp_path / "lb.md")
     assert "No records yet" in text and not bad
@@ -268,40 +247,62 @@ def test_paper_profile_tables_show_the_papers_numbers(tmp_path: Path) -> None:
     assert "Reported in" not in text_default  # the papers' numbers sit beside paper runs only
 
 
-#: methods whose identity changed on purpose after the committed records were made, and how; their
-#: records stay in results/ until the benchmark is re-run (a rerun trains them again), and
-#: still rebuild their own runs (test_a_record_config_alone_rebuilds_its_run)
-CHANGED_ON_PURPOSE: dict[str, tuple[str, dict]] = {
-    method: ("MoLA now adapts the block convolutions, not the 1x1 shortcut, as the reference "
-             "(issue 15); arch.adapt_shortcut=true is the recorded behaviour",
-             {"adapt_shortcut": False})
-    for method in ("mola_grad", "mola_router")}
-
-
-def test_committed_records_match_the_current_configs() -> None:
-    """The records shipped in results/ must still be what `run --all` would produce: same
-    config, same hash (otherwise a fresh clone silently re-runs them) — except the methods of
-    CHANGED_ON_PURPOSE, whose configs differ by exactly the documented keywords."""
-    from bench.run.plan import build_config, canonical_json, config_hash
+def _committed_records() -> tuple[list[dict], list[dict]]:
+    """The records shipped in results/, split into those of the scenarios' current data
+    versions and the stale ones (a data version bumped since: the next `run --all` runs them
+    again, as designed)."""
+    from bench.registry import scenarios
 
     records, bad = load_records(Path(__file__).resolve().parents[1] / "results")
     if not records:
         pytest.skip("no committed records")
     assert not bad
-    changed = set()
-    for rec in records:
+    current = [r for r in records if r["config"]["scenario_data_version"]
+               == scenarios.get(r["scenario"]).data_version]
+    stale = [r for r in records if r not in current]
+    return current, stale
+
+
+def test_committed_records_match_the_current_configs() -> None:
+    """The records shipped in results/ for the scenarios' current data versions must still be
+    what `run --all` would produce: same config, same hash (otherwise a fresh clone silently
+    re-runs them)."""
+    from bench.run.plan import build_config, canonical_json, config_hash
+
+    current, _ = _committed_records()
+    for rec in current:
         cfg = build_config(rec["method"], rec["scenario"], rec["seed"], rec["profile"],
                            rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
-        if rec["method"] in CHANGED_ON_PURPOSE:
-            changed.add(rec["method"])
-            added = CHANGED_ON_PURPOSE[rec["method"]][1]
-            recorded = json.loads(json.dumps(rec["config"]))
-            recorded["method_identity"]["arch_kwargs"].update(added)
-            assert json.loads(canonical_json(cfg)) == recorded, f"{rec['_path']}: changed more"
+        assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
+        assert config_hash(cfg) == rec["config_hash"]
+
+
+def test_stale_committed_records_differ_only_by_an_older_data_version() -> None:
+    """A committed record whose config no longer matches is one of a scenario whose data
+    version was bumped since, and its config differs in nothing else."""
+    from bench.registry import scenarios
+    from bench.run.plan import build_config, canonical_json, config_hash
+
+    _, stale = _committed_records()
+    for rec in stale:
+        version = rec["config"]["scenario_data_version"]
+        assert int(version) < int(scenarios.get(rec["scenario"]).data_version), rec["_path"]
+        cfg = build_config(rec["method"], rec["scenario"], rec["seed"], rec["profile"],
+                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
+        assert config_hash(cfg) != rec["config_hash"]
+        cfg["scenario_data_version"] = version
+        if rec["config"]["method_identity"]["architecture"] in MOLA_SHORTCUT_CHANGED:
+            # issue 15: MoLA adapts the block convolutions only, as the reference; the records
+            # adapted the 1x1 shortcut too (arch.adapt_shortcut=true rebuilds them)
+            assert cfg["method_identity"]["arch_kwargs"].pop("adapt_shortcut") is False
+            assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
             continue
         assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
         assert config_hash(cfg) == rec["config_hash"]
-    assert changed == set(CHANGED_ON_PURPOSE), "a method listed as changed has no record"
+
+
+#: architectures whose default changed on purpose after records existed (issue 15)
+MOLA_SHORTCUT_CHANGED = ("mola_grad", "mola_router")
 
 
 def test_a_record_config_alone_rebuilds_its_run() -> None:
@@ -313,9 +314,8 @@ def test_a_record_config_alone_rebuilds_its_run() -> None:
     from bench.run.engine import load_scenario
     from bench.run.plan import RunSpec
 
-    records, _ = load_records(Path(__file__).resolve().parents[1] / "results")
-    if not records:
-        pytest.skip("no committed records")
+    current, stale = _committed_records()
+    records = current + stale  # parameter counts do not depend on the evaluation splits
     firsts: dict[tuple[str, str, str | None], dict] = {}
     for rec in records:
         firsts.setdefault((rec["scenario"], rec["label"], rec.get("ablation")), rec)
@@ -340,3 +340,18 @@ def test_dry_run_plans_a_scenario_whose_data_are_missing(tmp_path: Path, monkeyp
     assert "todo  paper" in captured.out
     assert main(args) == 2  # a real run still stops before training
     assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_estimates_from_records_of_the_same_data_version_only(tmp_path: Path) -> None:
+    from bench.cli import _record_seconds
+
+    run = make_run("hps", SCENARIO, 0, "smoke")
+    for name, version, seconds in (("a", run.config["scenario_data_version"], 10.0),
+                                   ("b", "0", 99.0)):
+        record = {"kind": "run", "method": "hps", "label": "hps", "scenario": SCENARIO,
+                  "seed": 1, "profile": "smoke", "status": "diverged", "wall_time_s": seconds,
+                  "config": {**run.config, "scenario_data_version": version},
+                  "config_hash": name, "metrics": {"test": {}}, "trainable_params": 1,
+                  "total_params": 1, "versions": {}}
+        write_json_atomic(tmp_path / f"{name}.json", record)
+    assert _record_seconds([run], tmp_path) == {run: 10.0}

@@ -2,14 +2,18 @@
 
 ``sklearn.datasets.load_digits`` ships 1,797 grey 8x8 images (values 0..16) inside the
 scikit-learn wheel, so these scenarios run offline. Every scenario first splits the *source
-images* into disjoint train/val/test pools with a fixed data seed (never the run seed); all the
-samples of a split are rendered from that split's pool only, so no source image leaks across
-splits. Within a split the same source image may appear in several tasks or canvases.
+images* into a training pool and a held-out pool with a fixed data seed (never the run seed);
+training samples are rendered from the training pool only and validation / test samples from
+the held-out pool only, so no source image leaks from training into evaluation. Within the
+held-out pool a scenario may render one source image several times (in several domains, tasks
+or canvases, or once for validation and once for test: see each scenario's docstring).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -52,6 +56,44 @@ def source_pools(sizes: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
         pools[name] = perm[start:start + size]
         start += size
     return pools
+
+
+#: the pools of ``data_version`` 1 (2 for ``digits_domains``): the training pool is still the
+#: third one, so the training sets are unchanged (:func:`train_and_held_out`)
+LEGACY_POOLS = {"test": 600, "val": 300, "train": -1}
+
+
+def train_and_held_out(seed: int, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training sources (the first ``n_train`` of the legacy training pool, so training
+    sets are the ones of earlier data versions) and every other source image, held out for
+    validation and test (the legacy val and test pools first, then the unused rest)."""
+    pools = source_pools(LEGACY_POOLS, seed)
+    if n_train > len(pools["train"]):
+        raise ValueError(f"{n_train} training sources exceed the pool of {len(pools['train'])}")
+    train = pools["train"][:n_train]
+    held = torch.cat([pools["test"], pools["val"], pools["train"][n_train:]])
+    return train, held
+
+
+def draw(pool: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` source indices from ``pool``: successive seeded permutations of the pool, so
+    every source is used once before any is used twice (``count`` may exceed the pool)."""
+    rounds = -(-count // len(pool))
+    order = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)])
+    return pool[order[:count]]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Render on one torch thread: thousands of tiny per-image operations are several times
+    faster without intra-op threads (and far faster on a loaded machine, where waiting threads
+    spin); results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

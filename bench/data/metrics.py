@@ -67,7 +67,9 @@ class ConfusionMatrix(Accumulator):
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.long)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        labels = pred.argmax(1).reshape(-1)
+        # max(1).indices == argmax(1) (the first maximum on ties), ~5x faster on a CPU for
+        # (N, C, H, W) logits: it was a third of a digits_scene evaluation
+        labels = pred.max(1).indices.reshape(-1)
         target = target.reshape(-1)
         valid = target != IGNORE_INDEX
         idx = target[valid] * self.n + labels[valid]

@@ -46,6 +46,18 @@ ENCODER_LABELS: dict[str, str] = {
 }
 
 
+#: method families, in the order tables group them, with the label a table shows
+FAMILIES: dict[str, str] = {
+    "baseline": "Baselines",
+    "loss_weighting": "Loss weightings",
+    "gradient": "Gradient methods",
+    "architecture": "Architectures",
+    "low_rank": "Low-rank / PEFT",
+    # DomainBed-style baselines (one classifier for all domains, a domain-level loss)
+    "domain_generalisation": "Domain generalisation",
+}
+
+
 class IncompatibleError(ValueError):
     """A method that cannot run on a scenario; raised at planning time, before any training."""
 
@@ -65,6 +77,10 @@ class MethodSpec:
     backbone: str | None = None
     #: backbone keyword overrides (``backbone.NAME``), applied over the resolved ones
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the row group of tables (a key of :data:`FAMILIES`, or a plugin's own name); not part
+    #: of :meth:`identity`, so it never changes a run's config hash. Empty: inferred
+    #: (:func:`infer_family`)
+    family: str = ""
 
     @classmethod
     def from_identity(cls, name: str, identity: dict[str, Any]) -> MethodSpec:
@@ -194,11 +210,48 @@ def register_weighting(name: str, cls: type, *, description: str = "",
 
 
 def register_method(name: str, *, architecture: str, weighting: str, description: str,
-                    paper: str = "", **kwargs: Any) -> MethodSpec:
+                    paper: str = "", family: str = "", **kwargs: Any) -> MethodSpec:
+    """Register a method; ``family`` groups its rows in tables (a key of :data:`FAMILIES`:
+    baseline, loss_weighting, gradient, architecture, low_rank, domain_generalisation;
+    inferred when omitted)."""
     spec = MethodSpec(name=name, architecture=architecture, weighting=weighting,
-                      description=description, paper=paper, **kwargs)
+                      description=description, paper=paper, family=family, **kwargs)
     methods.add(name, spec, description)
     return spec
+
+
+def infer_family(spec: MethodSpec) -> str:
+    """A method's family when its registration declares none: another architecture than HPS
+    is an ``architecture``; on HPS, a weighting that needs per-task gradients a ``gradient``
+    method, any other weighting but equal weights a ``loss_weighting``; HPS with equal weights
+    a ``baseline``."""
+    if spec.architecture != "hps":
+        return "architecture"
+    if spec.weighting == "ew":
+        return "baseline"
+    needs_gradients = getattr(spec.weighting_spec.cls, "needs_task_gradients", True)
+    return "gradient" if needs_gradients else "loss_weighting"
+
+
+def method_family(name: str) -> str:
+    """The family of method ``name`` (a registered name or ``A+B``): the declared one, else
+    :func:`infer_family`. ``A+B`` has the family of ``A``, unless ``A`` is a baseline trained
+    with another weighting (``hps+pcgrad`` is a gradient method): then that of ``B``."""
+    spec = resolve_method(name)
+    if "+" not in name:
+        return spec.family or infer_family(spec)
+    left, _, right = name.partition("+")
+    if left in methods:
+        base = methods.get(left)
+        family = base.family or infer_family(base)
+    else:  # an architecture name
+        family = "baseline" if left == "hps" else "architecture"
+    if family != "baseline" or spec.weighting == "ew":
+        return family
+    other = methods.get(right) if right in methods else None
+    if other is not None and other.family:
+        return other.family
+    return infer_family(replace(spec, architecture="hps"))
 
 
 def resolve_method(name: str) -> MethodSpec:

@@ -54,6 +54,7 @@ from bench.run.engine import (
     epoch_steps,
     evaluate,
     fused_forward,
+    oracle_size,
 )
 from bench.run.plan import RunSpec, canonical_json
 
@@ -352,10 +353,13 @@ def step_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup) -> 
 
 def eval_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup, split: str) -> int:
     """Forward FLOPs of evaluating ``split`` in chunks of ``setup.eval_batch_size`` samples, as
-    :func:`bench.run.engine.evaluate` does (multi-input: chunks of each task's samples)."""
+    :func:`bench.run.engine.evaluate` does (multi-input: chunks of each task's samples);
+    ``oracle``: the fixed test subset the ``oracle`` selection rule reads every epoch."""
     flops = _method_flops(spec, shape, setup).evaluation
-    sizes = list(shape.sizes[split].values()) if shape.multi_input else [
-        shape.sizes[split][shape.task_names[0]]]
+    counts = shape.sizes["test" if split == "oracle" else split]
+    if split == "oracle":
+        counts = {t: oracle_size(n) for t, n in counts.items()}
+    sizes = list(counts.values()) if shape.multi_input else [counts[shape.task_names[0]]]
     return round(sum(math.ceil(n / setup.eval_batch_size) * flops.fixed + n * flops.per_sample
                      for n in sizes))
 
@@ -410,7 +414,9 @@ def _scenario_shape(name: str, profile: str, data_root: str) -> ScenarioShape | 
 def run_flops(run: RunSpec) -> RunCost | None:
     """The counted cost of ``run`` (None when its scenario's size is unknown): epochs × steps
     per epoch (as :func:`bench.run.engine.train` counts them) training steps, a validation pass
-    every epoch and the final test pass. Seeds share it (cached per method, scenario, profile)."""
+    and a pass over the oracle's test subset every epoch, and one test pass (the engine makes
+    one per distinct epoch the selection rules choose, 1 to 4: one is the lower bound). Seeds
+    share it (cached per method, scenario, profile)."""
     shape = scenario_shape(run.scenario, run.profile)
     if shape is None:
         return None
@@ -418,7 +424,8 @@ def run_flops(run: RunSpec) -> RunCost | None:
     steps = setup.epochs * epoch_steps([shape.sizes["train"][t] for t in shape.task_names],
                                        setup.batch_size, shape.multi_input, setup.sampling)
     per_step = step_flops(spec, shape, setup)
-    evaluation = (setup.epochs * eval_flops(spec, shape, setup, "val")
+    evaluation = (setup.epochs * (eval_flops(spec, shape, setup, "val")
+                                  + eval_flops(spec, shape, setup, "oracle"))
                   + eval_flops(spec, shape, setup, "test"))
     return RunCost(steps, per_step, steps * per_step, evaluation, shape.nominal)
 

@@ -11,22 +11,27 @@
   running statistics then lean towards the last task of every step.
 * Device: CUDA when available (``BENCH_DEVICE=cpu|cuda|cuda:1`` overrides); the data stay on the
   CPU and each batch is moved to the model's device.
-* Model selection: test metrics are reported at the epoch with the lowest validation score
-  ``mean_t L_t(epoch) / L_t(first epoch)`` — the MoLA reference selects the lowest validation
-  loss; normalising each task's loss by its first-epoch value keeps one task's loss scale (e.g. a
-  cross-entropy next to an L1 depth loss) from deciding the epoch alone.
+* Model selection: the named rules of :mod:`bench.records.selection` (``val_loss``,
+  ``val_metric``, ``last``, ``oracle``). Each epoch evaluates the validation split and a fixed
+  subset of the test split (:func:`oracle_subset`, for the ``oracle`` rule only); the engine
+  keeps each rule's running best and the model state of every epoch some rule currently
+  chooses (in memory), then evaluates the full test split once per distinct chosen epoch. The
+  default rule, ``val_loss``, is the epoch with the lowest ``mean_t L_t(epoch) / L_t(first
+  epoch)`` on validation — the MoLA reference selects the lowest validation loss; normalising
+  each task's loss by its first-epoch value keeps one task's loss scale (e.g. a cross-entropy
+  next to an L1 depth loss) from deciding the epoch alone. Its epoch and metrics are the
+  record's ``best_epoch`` and ``metrics``.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import Any
 
@@ -36,13 +41,14 @@ from torch import nn
 
 from bench.data.metrics import METRICS, task_loss
 from bench.data.scenario import Scenario, ScenarioData, Split, TrainingSetup
-from bench.data.streaming import is_lazy, prefetched, take
+from bench.data.streaming import LazySamples, is_lazy, prefetched, take
 from bench.models.method import (
     MethodSpec,
     build_model,
     check_compatible,
     count_parameters,
 )
+from bench.records import selection
 from bench.registry import scenarios
 from bench.run.plan import RunSpec
 
@@ -246,36 +252,66 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
-             ) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Metrics per task and the mean loss of each task on ``split``."""
+def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int,
+             fused: bool = False) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Metrics per task and the mean loss of each task on ``split``. Multi-input scenarios are
+    evaluated one task at a time, or with ``fused`` in chunks that mix the tasks' samples (one
+    forward pass per chunk, rows routed by task id, as in fused training: fewer calls for a
+    small split such as the oracle's test subset)."""
     model.eval()
     metrics: dict[str, dict[str, float]] = {}
     losses = []
     accs = {t.name: {m: METRICS[m].factory(t.num_outputs) for m in t.metrics} for t in data.tasks}
     loss_sums = {t.name: 0.0 for t in data.tasks}
     counts = {t.name: 0 for t in data.tasks}
-    chunks: list[tuple[str | None, slice]] = []
-    if data.multi_input:
+    # a chunk: the (task, slice) parts evaluated in one forward pass; task None = every task
+    chunks: list[list[tuple[str | None, slice]]] = []
+    if data.multi_input and fused:
+        part: list[tuple[str | None, slice]] = []
+        room = batch_size
+        for t in data.task_names:
+            start, n = 0, split.size(t)
+            while start < n:
+                take = min(room, n - start)
+                part.append((t, slice(start, start + take)))
+                start, room = start + take, room - take
+                if room == 0:
+                    chunks.append(part)
+                    part, room = [], batch_size
+        if part:
+            chunks.append(part)
+    elif data.multi_input:
         for t in data.task_names:
             n = split.size(t)
-            chunks += [(t, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+            chunks += [[(t, slice(i, i + batch_size))] for i in range(0, n, batch_size)]
     else:
         n = split.size(data.task_names[0])
-        chunks = [(None, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+        chunks = [[(None, slice(i, i + batch_size))] for i in range(0, n, batch_size)]
     specs = {t.name: t for t in data.tasks}
     dev = _device_of(model)
 
-    def fetch(task_name: str | None, sl: slice) -> Batch:
-        evaluated = [task_name] if task_name else data.task_names
-        x = _task_input(split, task_name or data.task_names[0])[sl]
-        return x, {t: split.targets[t][sl] for t in evaluated}
+    def fetch(parts: list[tuple[str | None, slice]]) -> Batch:
+        if parts[0][0] is None:
+            sl = parts[0][1]
+            return split.inputs[sl], {t: split.targets[t][sl] for t in data.task_names}
+        xs = [_task_input(split, t)[sl] for t, sl in parts]  # type: ignore[arg-type]
+        return (torch.cat(xs) if len(xs) > 1 else xs[0],
+                {t: split.targets[t][sl] for t, sl in parts})  # type: ignore[index]
 
-    fetches = (partial(fetch, task_name, sl) for task_name, sl in chunks)
-    for (task_name, _), (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
+    fetches = (partial(fetch, parts) for parts in chunks)
+    for parts, (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
         x = x.to(dev)
-        out = model(x, task_name=task_name) if task_name else model(x)
+        if parts[0][0] is None:
+            out = model(x)
+        elif len(parts) == 1 and not fused:
+            out = model(x, task_name=parts[0][0])
+        else:
+            ids = torch.cat([torch.full((len(ys[t]),), data.task_names.index(t),  # type: ignore
+                                        dtype=torch.long) for t, _ in parts])
+            out = model(x, task_ids=ids.to(dev))
         for t, pred in out.items():
+            if t not in ys or not len(ys[t]):
+                continue
             y = ys[t].to(dev)
             loss_sums[t] += float(task_loss(specs[t].kind, pred, y, specs[t].loss)) * len(y)
             counts[t] += len(y)
@@ -357,13 +393,20 @@ class RunResult:
     total_params: int
     param_breakdown: dict[str, int] | None
     forward_mode: str
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
+    #: per rule: the chosen epoch, the validation metrics there and the full test metrics
+    selection: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: samples per task of the fixed test subset the ``oracle`` rule reads every epoch
+    oracle_subset: dict[str, int] = field(default_factory=dict)
 
 
 def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: TrainingSetup,
-          seed: int, progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Train ``spec`` on ``data`` and evaluate at the best validation epoch."""
+          seed: int, progress: Callable[[int, int], None] | None = None,
+          rule_names: Sequence[str] | None = None) -> RunResult:
+    """Train ``spec`` on ``data``; evaluate the test split at the epoch each selection rule
+    chooses (``rule_names``: all of :data:`bench.records.selection.RULES` by default; the
+    default rule is always among them)."""
     check_compatible(spec, scenario)
     seed_everything(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -387,10 +430,14 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         shared = TaskSampler(data.train.size(names[0]), gen)
     steps_per_epoch = epoch_steps([data.train.size(t) for t in names], setup.batch_size,
                                   data.multi_input, setup.sampling)
-    best_loss, best_epoch, best_state = math.inf, -1, None
-    reference: list[float] | None = None
-    best_val: dict[str, dict[str, float]] = {}
-    history: list[dict[str, float]] = []
+    rules = [selection.get(name) for name in (rule_names or selection.RULES)]
+    if selection.DEFAULT not in [r.name for r in rules]:
+        raise ValueError(f"the rules must include the default {selection.DEFAULT!r}")
+    tasks = [t.describe() for t in data.tasks]
+    running = selection.RunningBest(rules, tasks)
+    oracle = oracle_subset(data, data.test) if "oracle" in [r.name for r in rules] else None
+    states: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> model state some rule chose
+    history: list[dict[str, Any]] = []
     step = 0
     total_steps = steps_per_epoch * setup.epochs
     if hasattr(model, "total_training_steps"):  # schedules over training (DANN, VREx, EQRM)
@@ -441,22 +488,81 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         val_metrics, task_losses = evaluate(model, data, data.val, setup.eval_batch_size)
         if not all(math.isfinite(v) for v in task_losses):
             raise DivergedError(step, task_losses)
-        if reference is None:
-            reference = [max(v, 1e-12) for v in task_losses]
-        val_loss = float(np.mean([v / r for v, r in zip(task_losses, reference)]))
-        history.append({"epoch": epoch, "val_score": round(val_loss, 6),
-                        "val_task_losses": [round(v, 6) for v in task_losses]})
+        entry: dict[str, Any] = {"epoch": epoch, "val_task_losses": task_losses,
+                                 "val_metrics": val_metrics}
+        if oracle is not None:  # small: one fused pass where the architecture allows it
+            entry["oracle_metrics"] = evaluate(model, data, oracle, setup.eval_batch_size,
+                                               fused)[0]
+        if any(not selection.RULES[name].latest for name in running.update(entry)):
+            # the model at the end is "last"'s choice: no copy for it
+            states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        chosen = set(running.chosen().values())
+        for old in [e for e in states if e not in chosen]:
+            del states[old]  # no rule chooses that epoch any more
+        history.append(_history_entry(entry, running.history))
         weights_summary = trajectory.close()
         if weights_summary is not None:
             history[-1]["task_weights"] = weights_summary
-        if val_loss < best_loss:
-            best_loss, best_epoch, best_val = val_loss, epoch, val_metrics
-            best_state = copy.deepcopy(model.state_dict())
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    test_metrics, _ = evaluate(model, data, data.test, setup.eval_batch_size)
-    return RunResult(best_val, test_metrics, best_epoch, setup.epochs, step, trainable, total,
-                     breakdown, forward_mode, history, [t.describe() for t in data.tasks])
+    chosen_epochs = running.chosen()
+    test_at: dict[int, dict[str, dict[str, float]]] = {}
+    final = setup.epochs - 1
+    for epoch in sorted(set(chosen_epochs.values()), key=lambda e: e != final):
+        if epoch != final:  # the final epoch first: that model is the one in memory
+            model.load_state_dict(states[epoch])
+        test_at[epoch], _ = evaluate(model, data, data.test, setup.eval_batch_size)
+    chosen_by = {name: {"epoch": epoch, "val": running.history[epoch]["val_metrics"],
+                        "test": test_at[epoch]} for name, epoch in chosen_epochs.items()}
+    default = chosen_by[selection.DEFAULT]
+    return RunResult(default["val"], default["test"], default["epoch"], setup.epochs, step,
+                     trainable, total, breakdown, forward_mode, history, tasks, chosen_by,
+                     {t: oracle.size(t) for t in names} if oracle is not None else {})
+
+
+def _history_entry(entry: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the record keeps of one epoch (rounded): the normalised validation loss
+    (``val_score``, the default rule's score), the task losses and both splits' metrics."""
+    def rounded(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {t: {m: round(v, 6) for m, v in ms.items()} for t, ms in metrics.items()}
+
+    score = selection.RULES[selection.DEFAULT].score(history, len(history) - 1, [])
+    out = {"epoch": entry["epoch"], "val_score": round(score, 6),
+           "val_task_losses": [round(v, 6) for v in entry["val_task_losses"]],
+           "val_metrics": rounded(entry["val_metrics"])}
+    if "oracle_metrics" in entry:
+        out["oracle_metrics"] = rounded(entry["oracle_metrics"])
+    return out
+
+
+#: share of each task's test split evaluated every epoch for the ``oracle`` rule, and the
+#: smallest such subset (the whole split when it is smaller)
+ORACLE_FRACTION = 0.025
+ORACLE_MIN = 32
+
+
+def oracle_size(n: int, fraction: float = ORACLE_FRACTION, minimum: int = ORACLE_MIN) -> int:
+    """Samples of a task's fixed test subset (:func:`oracle_subset`) when its split has ``n``."""
+    return min(n, max(minimum, math.ceil(fraction * n)))
+
+
+def oracle_subset(data: ScenarioData, split: Split, fraction: float = ORACLE_FRACTION,
+                  minimum: int = ORACLE_MIN) -> Split:
+    """A fixed subset of ``split`` (the same for every run of a scenario): per task,
+    ``max(minimum, fraction · n)`` samples evenly spaced through the split (so an ordered
+    split — e.g. files sorted by class — is covered from end to end), unread if streamed."""
+    def pick(n: int) -> torch.Tensor:
+        m = oracle_size(n, fraction, minimum)
+        return torch.arange(m) * n // m
+
+    def sub(samples: Any, idx: torch.Tensor) -> Any:
+        return samples.subset(idx) if isinstance(samples, LazySamples) else samples[idx]
+
+    if data.multi_input:
+        index = {t: pick(split.size(t)) for t in data.task_names}
+        return Split({t: sub(split.inputs[t], index[t])  # type: ignore[index]
+                      for t in data.task_names},
+                     {t: sub(split.targets[t], index[t]) for t in data.task_names})
+    idx = pick(split.size(data.task_names[0]))
+    return Split(sub(split.inputs, idx), {t: sub(v, idx) for t, v in split.targets.items()})
 
 
 def run_config(run: RunSpec, progress: Callable[[int, int], None] | None = None

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.models.method import method_family
 from bench.records import (
     find_record,
     read_record,
@@ -140,6 +141,8 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             "profile": run.profile,
             "config": run.config,
             "config_hash": cfg_hash,
+            # outside the config: a family groups rows in tables and never changes a result
+            "family": method_family(run.method),
             "versions": versions(),
             "host": {"platform": platform.platform(), "threads": torch.get_num_threads()},
             "metrics": {},
@@ -164,6 +167,8 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
                 forward_mode=result.forward_mode,
                 history=result.history,
                 tasks=result.tasks,
+                selection=result.selection,
+                oracle_subset=result.oracle_subset,
                 wall_time_s=round(wall, 3),
                 param_scaling=param_scaling(run),
             )
