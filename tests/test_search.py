@@ -199,3 +199,66 @@ def test_the_scalarization_frontier_preset() -> None:
         assert len(run.config["overrides"]["weighting.weights"]) == len(
             run.config["method_identity"]["weighting_kwargs"]["weights"])
     assert per_scenario == {"digits_domains": 11, "digits_tasks": 11, "digits_scene": 10}
+
+
+# ---------------------------------------------------------------- the report's tuned tables
+TASKS = [{"name": t, "label": t, "kind": "classification", "num_outputs": 10,
+          "metrics": [{"name": "accuracy", "label": "Acc", "higher_is_better": True}]}
+         for t in ("a", "b")]
+
+
+def _synthetic(root: Path, label: str, seed: int, val: float, test: float,
+               search: dict | None = None, overrides: dict | None = None,
+               ablation: str | None = None, method: str | None = None) -> None:
+    from bench.records import write_json_atomic
+
+    config = {"heterogeneity": "domain", "scenario_data_version": "1",
+              "overrides": overrides or {}, **({"search": search} if search else {})}
+    metrics = {"val": {t["name"]: {"accuracy": val} for t in TASKS},
+               "test": {t["name"]: {"accuracy": test + i} for i, t in enumerate(TASKS)}}
+    record = {"kind": "run", "method": method or label.split(" ")[0], "label": label,
+              "scenario": "synth", "seed": seed, "profile": "default", "ablation": ablation,
+              "config": config, "config_hash": f"{label}-{seed}-{json.dumps(search)}",
+              "status": "ok", "tasks": TASKS, "best_epoch": 1, "metrics": metrics,
+              "trainable_params": 1000, "total_params": 1000, "wall_time_s": 1.0,
+              "versions": {}}
+    name = f"{label}-{seed}-{abs(hash(json.dumps(search))) % 10**6}.json"
+    write_json_atomic(root / "default" / "synth" / label.replace(" ", "_") / name, record)
+
+
+def test_the_leaderboard_shows_tuned_tables_and_the_best_fixed_weighting(tmp_path: Path
+                                                                          ) -> None:
+    """Trials choose (validation only) and stay out of the tables; a method whose defaults won
+    shows its default runs as tuned rows; the best fixed weighting (on validation) is a
+    reference row, and the one method far above it is marked and named."""
+    from bench.report import render
+
+    noise = [0.3, -0.2, 0.1, -0.4, 0.2]
+    for s, e in enumerate(noise):
+        for label, base in (("hps", 70), ("single_task", 70), ("cagrad", 70)):
+            _synthetic(tmp_path, label, s, 60, base + e)
+        # cagrad's trial 1 wins on validation; its re-runs are far better on test
+        _synthetic(tmp_path, "cagrad", s, 60, 90 + e,
+                   search={"seed": 0, "trials": 2, "chosen_trial": 1},
+                   overrides={"train.lr": 0.01})
+        for w, (val, test) in {"ls[w=2,0]": (50, 10), "ls[w=1,1]": (65, 71 + e),
+                               "ls[w=0,2]": (55, 99)}.items():
+            _synthetic(tmp_path, w, s, val, test + e, ablation="scalarization",
+                       method="linear_scalarization")
+    for method in ("hps", "single_task", "cagrad"):
+        _synthetic(tmp_path, f"{method} (trial 0)", 1000, 60, 0, {"seed": 0, "trial": 0},
+                   method=method)
+        _synthetic(tmp_path, f"{method} (trial 1)", 1000, 61 if method == "cagrad" else 59,
+                   0, {"seed": 0, "trial": 1}, {"train.lr": 0.01}, method=method)
+    text, bad = render(tmp_path, tmp_path / "lb.md")
+    assert not bad and " (trial " not in text  # trials only choose: no row of theirs
+    tuned = text[text.index("### Tuned"):text.index("### Ablation")]
+    rows = {line.split(" | ")[0][2:]: line for line in tuned.splitlines()
+            if line.startswith("| ") and not line.startswith(("| Method", "| *"))}
+    assert rows["cagrad"].endswith("| lr=0.01 |") and "90.50" in rows["cagrad"]
+    assert rows["hps"].endswith("| defaults |") and "70.50" in rows["hps"]  # default runs
+    fixed = "best fixed weights [w=1,1]"  # best on validation, not the 99 % on test
+    assert fixed in rows and "| ref |" in rows[fixed]
+    assert "Significantly better than the best fixed weighting: cagrad." in tuned
+    main = text[:text.index("### Tuned")]
+    assert "Significantly better than the best fixed weighting: no method." in main

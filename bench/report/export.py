@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from bench.report import families
-from bench.report.tables import REFERENCE_LABELS, REFERENCES, Summary, Table, natural, selected
+from bench.report.tables import REFERENCE_LABELS, Summary, Table, natural, selected
 from bench.report.text import (
     caption,
     columns,
@@ -65,7 +65,7 @@ def _untick(text: str) -> str:
 
 def latex_table(table: Table) -> list[str]:
     cols = columns(table)
-    heads = ([c[0] for c in cols] + [f"vs {REFERENCE_LABELS[k]}" for k in REFERENCES]
+    heads = ([c[0] for c in cols] + [f"vs {REFERENCE_LABELS[k]}" for k in table.references]
              + ["Params", "n"])
     best = [ranked(table, key, higher) for _, key, higher in cols]
     width = 1 + len(heads)
@@ -79,7 +79,7 @@ def latex_table(table: Table) -> list[str]:
              " & ".join(["Method"] + [tex(h) for h in heads]) + r" \\", r"\midrule"]
     family = None
     for row in table.rows:
-        if not table.ablation and row.family != family:
+        if table.main_like and row.family != family:
             if family is not None:
                 lines.append(r"\midrule")
             family = row.family
@@ -97,7 +97,7 @@ def latex_table(table: Table) -> list[str]:
             elif row.label in second:
                 text = rf"\underline{{{text}}}"
             cells.append(text)
-        cells += [tex(comparison_cell(table, row, k)) for k in REFERENCES]
+        cells += [tex(comparison_cell(table, row, k)) for k in table.references]
         cells += [tex(fmt_params(row.trainable)), str(len(row.seeds))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]

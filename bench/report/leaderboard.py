@@ -26,7 +26,7 @@ from bench.report import families
 from bench.report.tables import (
     BASELINE,
     REFERENCE_LABELS,
-    REFERENCES,
+    TUNED,
     SelectionMissingError,
     Summary,
     Table,
@@ -53,13 +53,15 @@ __all__ = ["FORMATS", "SelectionMissingError", "delta_m", "render", "reports_ave
 
 def markdown_table(table: Table) -> list[str]:
     cols = columns(table)
+    chosen = table.ablation == TUNED
     header = (["Method"] + [c[0] for c in cols]
-              + [f"vs {REFERENCE_LABELS[k]}" for k in REFERENCES] + ["Trainable params", "n"])
+              + [f"vs {REFERENCE_LABELS[k]}" for k in table.references] + ["Trainable params", "n"]
+              + (["Chosen hyper-parameters"] if chosen else []))
     best = [ranked(table, key, higher)[0] for _, key, higher in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     family = None
     for row in table.rows:
-        if not table.ablation and row.family != family:
+        if table.main_like and row.family != family:
             family = row.family
             lines.append(f"| *{families.label(family)}* |" + " |" * (len(header) - 1))
         cells = [row.label + (" †" if row.excluded else "")]
@@ -70,15 +72,17 @@ def markdown_table(table: Table) -> list[str]:
                 continue
             text = fmt_interval(value)
             cells.append(f"**{text}**" if row.label in best_label else text)
-        cells += [comparison_cell(table, row, k) for k in REFERENCES]
+        cells += [comparison_cell(table, row, k) for k in table.references]
         cells += [fmt_params(row.trainable), str(len(row.seeds))]
+        if chosen:
+            cells.append(row.note or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def table_notes(table: Table) -> list[str]:
     notes = [f"{r.label}: {', '.join(r.excluded)}" for r in table.rows if r.excluded]
-    out = []
+    out = [line for note in table.notes for line in ("", note)]
     if notes:
         out += ["", "† excluded from the means: " + "; ".join(notes) + "."]
     if table.stale:
@@ -192,10 +196,10 @@ def _markdown(tables: list[Table], summaries: dict[str, Summary], records: list[
         lines += [f"### {table.title}", "", caption(table), ""]
         lines += markdown_table(table)
         lines += table_notes(table)
-        if profile == "paper" and not table.ablation:
+        if profile == "paper" and table.ablation is None:
             lines += _paper_tables(table.scenario, {r.label for r in table.rows})
         lines += ["", f"{table.runs} runs, {table.wall_s / 60:.1f} min of training in total."]
-        if not table.ablation:
+        if table.ablation is None:
             from bench.report.plots import param_plot, pareto_plot
 
             by_label: dict[str, list[dict[str, Any]]] = {}

@@ -24,13 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.records import selection as sel
+from bench.records.search import select_trial, validation_ranks
 from bench.report import families
 from bench.report.stats import ALPHA, Interval, holm, paired_t_test, ranks, t_interval
 
 BASELINE = "single_task"
 HPS = "hps"
 REFERENCES = (HPS, BASELINE)
-REFERENCE_LABELS = {HPS: "HPS", BASELINE: "Single-task"}
+#: the best fixed task weighting of the scalarization preset, a reference where it was run
+FIXED = "fixed"
+SCALARIZATION = "scalarization"
+REFERENCE_LABELS = {HPS: "HPS", BASELINE: "Single-task", FIXED: "best fixed weights"}
+#: the group of an equal-budget search's re-runs (bench.run.search): one table per scenario
+TUNED = "tuned"
 HETEROGENEITY_TITLES = {
     "domain": "Domain heterogeneity",
     "multi_input": "Multi-input task heterogeneity",
@@ -111,6 +117,8 @@ class Row:
     #: records of this row that lack the table's selection rule
     missing: int = 0
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    #: what the row ran with, where a table says it (a tuned row's chosen hyper-parameters)
+    note: str = ""
 
 
 @dataclass
@@ -129,6 +137,21 @@ class Table:
     records: list[dict[str, Any]]
     #: records of an older data version of the scenario, left out (other evaluation splits)
     stale: int = 0
+    #: the reference rows the comparisons are against: key -> row label
+    reference_rows: dict[str, str] = field(default_factory=dict)
+    #: sentences under the table (the best fixed weighting, the search's budget)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The comparison columns: HPS and Single-task, and the best fixed weighting where the
+        scalarization preset ran."""
+        return REFERENCES + ((FIXED,) if FIXED in self.reference_rows else ())
+
+    @property
+    def main_like(self) -> bool:
+        """A main or a tuned table: rows by family, references inside the table."""
+        return self.ablation in (None, TUNED)
 
     @property
     def headline(self) -> str:
@@ -151,6 +174,9 @@ class Table:
 
     @property
     def title(self) -> str:
+        if self.ablation == TUNED:
+            title = HETEROGENEITY_TITLES.get(self.heterogeneity, self.heterogeneity)
+            return f"Tuned (equal-budget search) — {title} — `{self.scenario}`"
         if self.ablation:
             return f"Ablation `{self.ablation}` — `{self.scenario}`"
         title = HETEROGENEITY_TITLES.get(self.heterogeneity, self.heterogeneity)
@@ -159,7 +185,8 @@ class Table:
     @property
     def tests(self) -> int:
         """Distinct paired tests of the table (what Holm's correction counts)."""
-        pairs = {frozenset((r.label, key)) if not self.ablation else (r.label, key)
+        pairs = {frozenset((r.label, self.reference_rows.get(key, key))) if self.main_like
+                 else (r.label, key)
                  for r in self.rows for key, c in r.comparisons.items() if not math.isnan(c.p)}
         return len(pairs)
 
@@ -194,12 +221,45 @@ def natural(label: str) -> list[Any]:
 
 
 def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], dict[str, list]]:
+    """Records by (profile, scenario, ablation) and label. A search's trials are left out (they
+    only choose); its re-runs form the scenario's :data:`TUNED` group, joined by the default
+    runs of the methods whose search chose their defaults (:func:`_tuned_notes`)."""
     groups: dict[tuple[str, str, str | None], dict[str, list]] = defaultdict(
         lambda: defaultdict(list))
     for rec in records:
-        key = (rec["profile"], rec["scenario"], rec.get("ablation"))
+        search = rec.get("config", {}).get("search") or {}
+        if "trial" in search:
+            continue
+        key = (rec["profile"], rec["scenario"], TUNED if search else rec.get("ablation"))
         groups[key][rec.get("label") or rec["method"]].append(rec)
     return groups
+
+
+def _fmt_setting(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def search_choices(records: list[dict[str, Any]]
+                   ) -> dict[tuple[str, str], dict[str, tuple[int, str, int]]]:
+    """Per (profile, scenario) and method: the trial its search chose on validation
+    (:func:`bench.records.search.select_trial`), its hyper-parameters as a note, and the
+    number of trials."""
+    trials: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        if "trial" in (rec.get("config", {}).get("search") or {}):
+            trials[(rec["profile"], rec["scenario"])][rec["method"]].append(rec)
+    out: dict[tuple[str, str], dict[str, tuple[int, str, int]]] = defaultdict(dict)
+    for key, by_method in trials.items():
+        for method, recs in by_method.items():
+            chosen = select_trial(recs)
+            if chosen is None:
+                continue
+            trial = chosen["config"]["search"]["trial"]
+            overrides = chosen["config"].get("overrides") or {}
+            note = ("defaults" if trial == 0 else ", ".join(
+                f"{k.split('.', 1)[-1]}={_fmt_setting(v)}" for k, v in sorted(overrides.items())))
+            out[key][method] = (trial, note, len(recs))
+    return out
 
 
 def _scenario_order(by_label: dict[str, list[dict[str, Any]]]) -> int:
@@ -255,7 +315,7 @@ def _compare(table: Table, references: dict[str, Row]) -> None:
     mirrored: list[tuple[Comparison, Comparison]] = []
     for row in table.rows:
         for key, ref in references.items():
-            if row.label == ref.label and not table.ablation:
+            if row.label == ref.label and table.main_like:
                 continue
             mine, theirs = table.by_seed(row), table.by_seed(ref)
             seeds = sorted(set(mine) & set(theirs))
@@ -266,7 +326,7 @@ def _compare(table: Table, references: dict[str, Row]) -> None:
             comparison = Comparison(REFERENCE_LABELS[key], len(seeds), diff, math.nan,
                                     better=diff > 0 if table.higher_is_better else diff < 0)
             row.comparisons[key] = comparison
-            twin = tests.get((ref.label, row.label)) if not table.ablation else None
+            twin = tests.get((ref.label, row.label)) if table.main_like else None
             if twin is not None:
                 mirrored.append((comparison, twin))
                 continue
@@ -280,7 +340,7 @@ def _compare(table: Table, references: dict[str, Row]) -> None:
 
 
 def _sort(table: Table) -> None:
-    if table.ablation:
+    if not table.main_like:
         table.rows.sort(key=lambda r: natural(r.label))
         return
 
@@ -291,6 +351,38 @@ def _sort(table: Table) -> None:
         return (families.order(row.family), value, natural(row.label))
 
     table.rows.sort(key=key)
+
+
+def _best_fixed(by_label: dict[str, list[dict[str, Any]]], baseline: Metrics | None,
+                tasks: list[dict[str, Any]], report_average: bool, rule: str) -> Row | None:
+    """The scalarization preset's fixed weighting with the best validation metrics (mean over
+    its seeds, then the mean per-task rank among the weightings, as a search chooses), as a
+    reference row; None when the preset was not run on the scenario."""
+    candidates = []
+    for label, recs in sorted(by_label.items(), key=lambda kv: natural(kv[0])):
+        vals = [s["val"] for r in recs if r["status"] == "ok" and (s := selected(r, rule))
+                and s.get("val")]
+        if vals and all(t["name"] in v for v in vals for t in tasks):
+            mean = {t["name"]: {m["name"]: statistics.fmean(v[t["name"]][m["name"]] for v in vals)
+                                for m in t["metrics"]} for t in tasks}
+            candidates.append((label, {"tasks": tasks, "metrics": {"val": mean}}))
+    if not candidates:
+        return None
+    ranks_ = validation_ranks([c[1] for c in candidates])
+    best = min(range(len(candidates)), key=lambda i: (ranks_[i], i))
+    label = candidates[best][0]
+    row = _row(f"best fixed weights {label.removeprefix('ls')}", by_label[label], baseline,
+               tasks, report_average, rule)
+    row.family = "baseline"
+    row.note = f"the best on validation of {len(candidates)} fixed weightings"
+    return row
+
+
+def _fixed_note(row: Row) -> str:
+    return (f"Reference row *{row.label}*: linear scalarization with fixed task weights — "
+            f"{row.note} of the `scalarization` preset (the simplex's corners, its centre and "
+            "Dirichlet draws; Xin et al., NeurIPS 2022), chosen on validation metrics only; "
+            "column *vs best fixed weights* tests every method against it.")
 
 
 def newest_data_version(records: list[dict[str, Any]]
@@ -329,13 +421,19 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
             "again)")
     records, stale = newest_data_version(records)
     groups = _group(records)
+    choices = search_choices(records)
+    for (profile, scenario), chosen in choices.items():
+        main = groups.get((profile, scenario, None), {})
+        for method, (trial, _, _) in chosen.items():
+            if trial == 0 and method in main:  # the defaults won: the default runs are its rows
+                groups[(profile, scenario, TUNED)][method] = list(main[method])
     profiles = sorted({k[0] for k in groups}, key=lambda p: (p != "default", p))
     tables: list[Table] = []
     summaries: dict[str, Summary] = {}
     for profile in profiles:
-        keys = sorted((k for k in groups if k[0] == profile),
-                      key=lambda k: (k[2] is not None, k[2] or "", _scenario_order(groups[k]),
-                                     k[1]))
+        keys = sorted((k for k in groups if k[0] == profile),  # main, tuned, then ablations
+                      key=lambda k: ({None: 0, TUNED: 1}.get(k[2], 2), k[2] or "",
+                                     _scenario_order(groups[k]), k[1]))
         mains: dict[str, Table] = {}
         for key in keys:
             by_label = groups[key]
@@ -356,15 +454,42 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
                           rule, rows, bool(base_records), len(all_recs),
                           sum(r["wall_time_s"] or 0 for r in all_recs), all_recs,
                           stale.get(key, 0))
-            if ablation is None:
+            if ablation == TUNED:
+                base_records = groups.get((profile, key[1], TUNED), {}).get(BASELINE, [])
+                table.has_baseline = bool(base_records)
+                chosen = choices.get((profile, key[1]), {})
+                for row in rows:
+                    if row.method in chosen:
+                        row.note = chosen[row.method][1]
+                budgets = sorted({n for _, _, n in chosen.values()})
+                table.notes.append(
+                    f"Each method's configuration chosen on validation among "
+                    f"{' / '.join(map(str, budgets)) or '?'} trials of an equal-budget random "
+                    "search (the first trial is its defaults; `run --search N`), then re-run on "
+                    "the seeds shown; the chosen hyper-parameters are listed.")
+            if ablation in (None, TUNED):
                 references = {k: r for r in rows for k in REFERENCES if r.label == k}
-                mains[key[1]] = table
+                fixed = _best_fixed(groups.get((profile, key[1], SCALARIZATION), {}), baseline,
+                                    tasks, report_average, rule)
+                if fixed is not None:
+                    rows.append(fixed)
+                    references[FIXED] = fixed
+                    table.notes.append(_fixed_note(fixed))
+                table.reference_rows = {k: r.label for k, r in references.items()}
+                if ablation is None:
+                    mains[key[1]] = table
             else:
                 parent = mains.get(key[1])
                 references = ({k: r for r in parent.rows for k in REFERENCES if r.label == k}
                               if parent else {})
             _compare(table, references)
             _sort(table)
+            if FIXED in references:
+                better = [r.label for r in table.rows
+                          if (c := r.comparisons.get(FIXED)) and c.significant and c.better]
+                table.notes.append(
+                    "Significantly better than the best fixed weighting: "
+                    + (", ".join(better) if better else "no method") + ".")
             tables.append(table)
         if len(mains) >= 2:
             summaries[profile] = summarize(profile, list(mains.values()), rule)

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.records import selection as sel
 from bench.report.stats import ALPHA, CONFIDENCE, Interval
-from bench.report.tables import REFERENCE_LABELS, REFERENCES, Summary, Table
+from bench.report.tables import REFERENCE_LABELS, Summary, Table
 
 
 def _decimals(value: float) -> int:
@@ -83,7 +83,7 @@ def ranked(table: Table, key: Any, higher: bool) -> tuple[set[str], set[str]]:
 def comparison_cell(table: Table, row: Any, key: str) -> str:
     """The Holm-adjusted p of the row against a reference, with ▲ / ▼ when significant; ``ref``
     in the reference's own row; ``-`` without a test."""
-    if row.label == key and not table.ablation:
+    if row.label == table.reference_rows.get(key, key) and table.main_like:
         return "ref"
     comparison = row.comparisons.get(key)
     if comparison is None or math.isnan(comparison.p_holm):
@@ -98,10 +98,11 @@ def caption(table: Table, markdown: bool = True) -> str:
     bound = (" **An upper bound, not a result: the epoch is chosen with test data.**"
              if markdown else " An upper bound, not a result: the epoch is chosen with test "
              "data.") if rule.upper_bound else ""
-    order = ("Rows in the preset's order." if table.ablation else
+    order = ("Rows in the preset's order." if not table.main_like else
              f"Rows grouped by family, sorted by {table.headline_label} within a family.")
-    refs = " and ".join(REFERENCE_LABELS[k] for k in REFERENCES)
-    where = " of the main table" if table.ablation else ""
+    names = [REFERENCE_LABELS[k] for k in table.references]
+    refs = ", ".join(names[:-1]) + " and " + names[-1]
+    where = " of the main table" if not table.main_like else ""
     return (f"Selection {code(rule.name)}: test metrics at {rule.description}.{bound} "
             f"Cells: mean ± half-width of the {CONFIDENCE * 100:g} % t-interval over the n seeds "
             f"(one seed: the mean alone). {order} vs {refs}: paired two-sided t-test over the "
@@ -113,7 +114,7 @@ def caption(table: Table, markdown: bool = True) -> str:
 
 def summary_caption(summary: Summary, tables: list[Table], markdown: bool = True) -> str:
     heads = ", ".join(f"{t.headline_label} on {t.scenario}" for t in tables
-                      if t.profile == summary.profile and not t.ablation)
+                      if t.profile == summary.profile and t.ablation is None)
     seeds = ", ".join(str(s) for s in summary.seeds) or "none"
     rule = sel.get(summary.rule)
     bound = " (an upper bound)" if rule.upper_bound else ""
