@@ -163,7 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (args.all or methods or scenarios):
             raise UsageError("nothing to run: use --all, or --method a,b and/or --scenario x,y")
         the_plan = planning.expand(methods, scenarios, seeds, args.profile, run_all=args.all,
-                                   require_data=not args.dry_run, overrides=overrides)
+                                   require_data=not args.dry_run, overrides=overrides,
+                                   suite=args.suite)
     if not the_plan.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir, leaderboard, engine = _run_outputs(args)
@@ -266,7 +267,8 @@ def _run_search(args: argparse.Namespace, seeds: list[int], methods: list[str] |
         raise UsageError("nothing to search: use --all, or --method a,b and/or --scenario x,y")
     trials = search.expand_search(methods, scenarios, args.profile, args.search,
                                   args.search_seed, run_all=args.all,
-                                  require_data=not args.dry_run, overrides=overrides)
+                                  require_data=not args.dry_run, overrides=overrides,
+                                  suite=args.suite)
     if not trials.runs:
         raise UsageError("the plan is empty: no method applies to the chosen scenarios")
     results_dir, leaderboard, engine = _run_outputs(args)
@@ -529,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="comma-separated method names; 'A+B' = architecture of A "
                                     "with the weighting of B (e.g. mmoe+pcgrad)")
     p.add_argument("--scenario", help="comma-separated scenario names")
+    p.add_argument("--suite", default="mission", choices=["mission", "full"],
+                   help="with --all: 'mission' (default: the 10 methods the MoLA/MTLoRA "
+                        "comparison is about, minutes) or 'full' (every registered method)")
     p.add_argument("--ablation", help="an ablation preset (see `list ablations`)")
     p.add_argument("--search", type=int, metavar="N",
                    help="equal-budget random search: N configurations per method and scenario "

@@ -355,3 +355,18 @@ def test_dry_run_estimates_from_records_of_the_same_data_version_only(tmp_path: 
                   "total_params": 1, "versions": {}}
         write_json_atomic(tmp_path / f"{name}.json", record)
     assert _record_seconds([run], tmp_path) == {run: 10.0}
+
+
+def test_run_all_takes_a_suite(capsys) -> None:
+    """`run --all` plans the mission suite (the papers' comparison) unless --suite full."""
+    from bench.run.plan import SUITES, suite_methods
+
+    mission = expand(None, ["digits_tasks"], [0], "smoke", run_all=True, suite="mission")
+    assert {r.method for r in mission.runs} == set(SUITES["mission"])
+    assert len(suite_methods("mission")) == 10
+    full = expand(None, ["digits_tasks"], [0], "smoke", run_all=True, suite="full")
+    assert {r.method for r in mission.runs} < {r.method for r in full.runs}
+    assert len({r.method for r in full.runs}) > 40
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--all", "--suite", "everything", "--dry-run"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err

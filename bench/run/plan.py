@@ -199,7 +199,29 @@ def weights_problem_of(spec: MethodSpec, scen: Scenario, profile: str) -> str | 
                                                   scen.backbone_kwargs_of(profile)))
 
 
-def _names(requested: list[str] | None, registry: Any, everything: bool) -> list[str]:
+#: ``run --all --suite NAME``: the methods of each suite (None: every registered method).
+#: ``mission``: the comparison the MoLA and MTLoRA papers are about — the references
+#: (Single-task, Uniform, HPS), three gradient methods every MTL table reports (PCGrad, CAGrad,
+#: MGDA) and the four low-rank methods — small enough that `run --all` takes minutes;
+#: ``full``: the whole roster (every scenario it applies to; about an hour and more).
+SUITES: dict[str, tuple[str, ...] | None] = {
+    "mission": ("single_task", "uniform", "hps", "pcgrad", "cagrad", "mgda", "mola_grad",
+                "mola_router", "mtlora", "mtlora_plus"),
+    "full": None,
+}
+DEFAULT_SUITE = "mission"
+
+
+def suite_methods(suite: str) -> list[str]:
+    """The methods ``run --all`` plans under ``suite`` (one line naming the suites if unknown)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
+    members = SUITES[suite]
+    return methods.list() if members is None else [m for m in members if m in methods]
+
+
+def _names(requested: list[str] | None, registry: Any, everything: bool,
+           suite: str | None = None) -> list[str]:
     if requested:
         for name in requested:
             if "+" in name:
@@ -208,21 +230,22 @@ def _names(requested: list[str] | None, registry: Any, everything: bool) -> list
                 registry.get(name)  # raises UnknownNameError with suggestions
         return requested
     if everything:
-        return registry.list()
+        return suite_methods(suite) if suite and registry is methods else registry.list()
     raise ValueError(f"choose {registry.kind}s with --{registry.kind} a,b or use --all")
 
 
 def expand(method_names: list[str] | None, scenario_names: list[str] | None, seeds: list[int],
            profile: str, run_all: bool = False, require_data: bool = True,
-           overrides: dict[str, Any] | None = None) -> Plan:
+           overrides: dict[str, Any] | None = None, suite: str = "full") -> Plan:
     """Cross methods × scenarios × seeds, each run with the ``--set`` ``overrides``. With
     ``--all`` (or a wildcard side), combinations that cannot run are skipped and listed; when
     both sides are explicit they are errors. A scenario whose data are missing stops a named
     request and is skipped by ``--all``; with ``require_data=False`` (``--dry-run``) it is
     planned anyway and listed in ``plan.missing_data``, and so is a run whose backbone weights
-    are unavailable (``plan.missing_weights``)."""
+    are unavailable (``plan.missing_weights``). ``--all`` takes the methods of ``suite``
+    (:data:`SUITES`)."""
     check_seeds(seeds)
-    method_list = _names(method_names, methods, run_all)
+    method_list = _names(method_names, methods, run_all, suite)
     scenario_list = _names(scenario_names, scenarios, run_all or bool(method_names))
     explicit = bool(method_names) and bool(scenario_names)
     plan = Plan([])

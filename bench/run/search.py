@@ -91,14 +91,15 @@ def trial_label(method: str, trial: int) -> str:
 
 def expand_search(method_names: list[str] | None, scenario_names: list[str] | None,
                   profile: str, trials: int, search_seed: int = 0, run_all: bool = False,
-                  require_data: bool = True, overrides: dict[str, Any] | None = None) -> Plan:
+                  require_data: bool = True, overrides: dict[str, Any] | None = None,
+                  suite: str = "full") -> Plan:
     """The trials of a search: ``trials`` runs of every (method, scenario) the request plans
     (the same combinations, skips and errors as :func:`bench.run.plan.expand`)."""
     if trials < 1:
         raise ValueError(f"--search takes the number of trials per method and scenario (≥ 1), "
                          f"got {trials}")
     base = expand(method_names, scenario_names, [TRIAL_SEED], profile, run_all, require_data,
-                  overrides)
+                  overrides, suite)
     plan = Plan([], base.skipped, base.missing_data, base.missing_weights)
     for run in base.runs:
         scen = scenarios.get(run.scenario)()
