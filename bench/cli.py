@@ -504,6 +504,39 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return perf_main(repeats=args.repeats)
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench.models.pretrained import WeightsError, entry
+    from bench.run.pretrain import SMOKE, PretrainConfig, command, install, pretrain, save
+
+    cfg = replace(SMOKE if args.smoke else PretrainConfig(), seed=args.seed)
+    if args.threads is not None:
+        cfg = replace(cfg, threads=args.threads)
+    out = Path(args.out or f"{args.backbone}-fractal-seed{args.seed}.pt")
+    if args.install and args.out:
+        raise UsageError("give --out FILE or --install, not both")
+    if not args.install and not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    print(f"{command(args.backbone, cfg)}: {cfg.classes} fractal classes x {cfg.variants} "
+          f"variants, {cfg.steps} steps of {cfg.batch_size}, {cfg.threads} thread(s)")
+    result = pretrain(args.backbone, cfg, progress=not args.no_progress)
+    if args.install:
+        install(args.backbone, cfg, result)
+        print(f"installed the {args.backbone} checkpoint into the package (manifest updated)")
+        return 0
+    digest = save(result, out)
+    try:
+        committed = entry(args.backbone)["sha256"]
+    except WeightsError:
+        committed = None
+    same = ("identical to the committed checkpoint" if committed == digest
+            else "differs from the committed checkpoint" if committed else "nothing committed")
+    print(f"wrote {out} ({result.parameters:,} parameters, {result.seconds:.0f} s, "
+          f"final training accuracy {100 * result.accuracy:.1f} %); sha256 {digest} ({same})")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -613,6 +646,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser(
+        "pretrain", help="pretrain an embedded backbone on fractals (the committed weights)",
+        description="Pretrain an embedded backbone on formula-driven fractal images (no digits, "
+                    "no download): supervised fractal-category classification, deterministic "
+                    "from --seed. The committed checkpoints (bench/models/weights, "
+                    "manifest.json) were made by this command with its defaults; the embedded "
+                    "scenarios start every method from them (--set backbone.init=scratch not).")
+    p.add_argument("--backbone", required=True, choices=["resnet", "swin_embedded"])
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the checkpoint (default BACKBONE-fractal-seedS.pt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default 1, as the committed checkpoints)")
+    p.add_argument("--smoke", action="store_true", help="a test-sized pretraining (seconds)")
+    p.add_argument("--install", action="store_true",
+                   help="write into the package's weights folder and update the manifest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
 
     add_data_parser(sub)  # python -m bench data check|download|list [NAME]
     return parser

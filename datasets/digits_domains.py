@@ -30,6 +30,7 @@ hospitals or imaging devices): one label space, several input distributions, few
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,6 +92,11 @@ class DigitsDomains(Scenario):
     data_version = "3"  # 3: larger validation (300) and test (1,125) splits per domain
     backbone = "resnet"
 
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
+        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
+        return {**{"widths": WIDTHS}, "init": "pretrained"}
+
     def setup(self, profile: str) -> TrainingSetup:
         self.check_profile(profile)
         if profile == "smoke":
@@ -127,6 +133,6 @@ class DigitsDomains(Scenario):
             name=self.name, heterogeneity="domain", tasks=tasks, input_shape=(1, SIZE, SIZE),
             train=splits["train"], val=splits["val"], test=splits["test"],
             training=self.setup(profile), backbone="resnet",
-            backbone_kwargs={"widths": WIDTHS},
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             shared_label_space=True, description=(__doc__ or "").strip().splitlines()[0],
         )

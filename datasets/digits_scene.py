@@ -24,6 +24,7 @@ Analogy to the paper: NYUv2 (segmentation, depth and surface normals of one indo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,11 @@ class DigitsScene(Scenario):
     data_version = "2"  # 2: larger validation (400) and test (2,400) splits
     backbone = "resnet"
 
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
+        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
+        return {**{"widths": WIDTHS, "strides": STRIDES}, "init": "pretrained"}
+
     def setup(self, profile: str) -> TrainingSetup:
         self.check_profile(profile)
         if profile == "smoke":
@@ -132,6 +138,6 @@ class DigitsScene(Scenario):
             name=self.name, heterogeneity="single_input", tasks=tasks,
             input_shape=(1, SIZE, SIZE), train=splits["train"], val=splits["val"],
             test=splits["test"], training=self.setup(profile), backbone="resnet",
-            backbone_kwargs={"widths": WIDTHS, "strides": STRIDES},
+            backbone_kwargs=self.backbone_kwargs_of(profile),
             description=(__doc__ or "").strip().splitlines()[0],
         )

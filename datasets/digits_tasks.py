@@ -31,6 +31,7 @@ different organs and modalities (inputs) with different diagnostic label spaces 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,6 +105,11 @@ class DigitsTasks(Scenario):
     data_version = "2"  # 2: larger validation (300) and test (1,197) splits per task
     backbone = "resnet"
 
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
+        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
+        return {**{"widths": WIDTHS}, "init": "pretrained"}
+
     def setup(self, profile: str) -> TrainingSetup:
         self.check_profile(profile)
         if profile == "smoke":
@@ -143,6 +149,6 @@ class DigitsTasks(Scenario):
             name=self.name, heterogeneity="multi_input", tasks=tasks,
             input_shape=(1, SIZE, SIZE), train=splits["train"], val=splits["val"],
             test=splits["test"], training=self.setup(profile), backbone="resnet",
-            backbone_kwargs={"widths": WIDTHS}, shared_label_space=False,
+            backbone_kwargs=self.backbone_kwargs_of(profile), shared_label_space=False,
             description=(__doc__ or "").strip().splitlines()[0],
         )

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import torch
@@ -67,8 +67,8 @@ Width = Annotated[int, Field(ge=1, le=4096)]
 Stages = Annotated[tuple[Width, ...], Field(min_length=1, max_length=8)]
 
 
-class ResNetSettings(Settings):
-    """``backbone.*`` of the ResNets (one entry per stage)."""
+class ResNetShape(Settings):
+    """``backbone.*`` that shape a ResNet (one entry per stage)."""
 
     widths: Stages = (16, 32, 64, 128)
     blocks: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], ...],
@@ -79,14 +79,25 @@ class ResNetSettings(Settings):
     stem_pool: bool = False
 
     @model_validator(mode="after")
-    def _one_entry_per_stage(self) -> ResNetSettings:
+    def _one_entry_per_stage(self) -> ResNetShape:
         if not len(self.widths) == len(self.blocks) == len(self.strides):
             raise ValueError("backbone.widths, backbone.blocks and backbone.strides need one "
                              "entry per stage each")
         return self
 
 
-class PretrainedResNetSettings(ResNetSettings):
+Init = Literal["scratch", "pretrained"]
+
+
+class ResNetSettings(ResNetShape):
+    """``backbone.*`` of the narrow ResNet: its shape, and its start (``init``)."""
+
+    init: Init = Field("scratch", description=(
+        "pretrained: the committed fractal-pretrained checkpoint (python -m bench pretrain); "
+        "the embedded scenarios' default"))
+
+
+class PretrainedResNetSettings(ResNetShape):
     """``backbone.*`` of ResNet-18: the ResNet's, and where its weights come from."""
 
     widths: Stages = (64, 128, 256, 512)
@@ -106,7 +117,7 @@ class TimmResNetSettings(Settings):
     drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 #: backbone keywords that choose weights, not the architecture
-WEIGHT_KWARGS = ("pretrained", "checkpoint")
+WEIGHT_KWARGS = ("pretrained", "checkpoint", "init")
 #: backbone -> timm name of the weights ``pretrained=True`` loads
 PRETRAINED: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224.ms_in1k",
                               "resnet18": "resnet18.tv_in1k"}
@@ -196,8 +207,15 @@ class ResNet(StagedEncoder):
 
 @backbones.register("resnet", description="ResNet of basic blocks (narrow by default)")
 @declares(ResNetSettings)
-def resnet(in_channels: int = 3, input_shape: Any = None, **kwargs: Any) -> ResNet:
-    return ResNet(in_channels=in_channels, **kwargs)
+def resnet(in_channels: int = 3, input_shape: Any = None, init: str | None = "scratch",
+           **kwargs: Any) -> ResNet:
+    """``init="pretrained"`` loads the committed checkpoint (:mod:`bench.models.pretrained`)."""
+    model = ResNet(in_channels=in_channels, **kwargs)
+    if init == "pretrained":
+        from bench.models.pretrained import load_pretrained
+
+        load_pretrained(model, "resnet")
+    return model
 
 
 @backbones.register("resnet18", description="ResNet-18 (MoLA Appendix B), 11.2M parameters")
@@ -312,7 +330,12 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 def weights_problem(name: str, kwargs: dict[str, Any]) -> str | None:
     """Why backbone ``name`` built with ``kwargs`` cannot obtain its weights, or None: a
     ``checkpoint`` file that does not exist; ``pretrained`` weights neither in the Hugging Face
-    cache nor reachable (checked without downloading anything)."""
+    cache nor reachable (checked without downloading anything); ``init="pretrained"`` without a
+    committed checkpoint that fits (:func:`bench.models.pretrained.pretrained_problem`)."""
+    if kwargs.get("init") == "pretrained":
+        from bench.models.pretrained import pretrained_problem
+
+        return pretrained_problem(name, kwargs, backbone_settings(name))
     checkpoint = kwargs.get("checkpoint")
     if checkpoint:
         path = Path(str(checkpoint)).expanduser()

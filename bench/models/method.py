@@ -28,6 +28,9 @@ from bench.models.compat import ArchitectureSpec, WeightingSpec
 from bench.models.heads import ClassificationHead, DenseHead
 from bench.registry import UnknownNameError, architectures, methods, weightings
 
+#: backbone keywords a scenario sets for every encoder its methods run on (the embedded
+#: scenarios start them all from the committed pretrained weights: ``init="pretrained"``)
+SCENARIO_WIDE: tuple[str, ...] = ("init",)
 #: backbones that satisfy an architecture's ``needs_encoder`` ("any": every backbone)
 CONV_BACKBONES: tuple[str, ...] = ("resnet", "resnet18", "timm_resnet18")
 SWIN_BACKBONES: tuple[str, ...] = ("swin_embedded", "swin_t")
@@ -173,6 +176,10 @@ class MethodSpec:
             name = self.backbone
             kwargs = (dict(scenario_kwargs) if name == scenario_backbone
                       else dict(arch.backbone_kwargs) if name == arch.backbone else {})
+        # the scenario's start (``init``) applies to whichever encoder runs, when it has one
+        declared = backbone_settings(name).model_fields
+        kwargs.update({k: scenario_kwargs[k] for k in SCENARIO_WIDE
+                       if k in scenario_kwargs and k in declared and k not in kwargs})
         return name, {**kwargs, **self.backbone_kwargs}
 
 

@@ -240,14 +240,29 @@ class SwinSettings(Settings):
         return self
 
 
+class SwinEmbeddedSettings(SwinSettings):
+    """``backbone.*`` of the embedded Swin: the Swin's, and its start (``init``)."""
+
+    init: Literal["scratch", "pretrained"] = Field("scratch", description=(
+        "pretrained: the committed fractal-pretrained checkpoint (python -m bench pretrain); "
+        "the embedded scenarios' default"))
+
+
 @backbones.register("swin_embedded", description="CPU-sized timm Swin (32px, window 2)")
-@declares(SwinSettings)
-def swin_embedded(in_channels: int = 1, input_shape: Any = None, **kwargs: Any) -> SwinBackbone:
+@declares(SwinEmbeddedSettings)
+def swin_embedded(in_channels: int = 1, input_shape: Any = None, init: str | None = "scratch",
+                  **kwargs: Any) -> SwinBackbone:
     """Patch 2, window 2, width 24, depths 1-1-2-1; ``img_size`` defaults to the input's size
-    (no resizing: 16x16 inputs give 8x8 tokens, stages at 8, 4, 2, 1)."""
+    (no resizing: 16x16 inputs give 8x8 tokens, stages at 8, 4, 2, 1). ``init="pretrained"``
+    loads the committed checkpoint (:mod:`bench.models.pretrained`)."""
     if "img_size" not in kwargs and input_shape is not None:
         kwargs["img_size"] = max(int(input_shape[-1]), int(input_shape[-2]))
-    return SwinBackbone(in_channels=in_channels, **kwargs)
+    model = SwinBackbone(in_channels=in_channels, **kwargs)
+    if init == "pretrained":
+        from bench.models.pretrained import load_pretrained
+
+        load_pretrained(model, "swin_embedded")
+    return model
 
 
 SWIN_T = {"patch_size": 4, "window_size": 7, "embed_dim": 96, "depths": (2, 2, 6, 2),

@@ -235,6 +235,22 @@ def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], d
     return groups
 
 
+def _join_default_rows(groups: dict[tuple[str, str, str | None], dict[str, list]]) -> None:
+    """Give each ablation table the rows its records name as default runs
+    (``config["ablation_rows"]``: label -> method), from the scenario's main table."""
+    for (profile, scenario, ablation), by_label in list(groups.items()):
+        if ablation in (None, TUNED):
+            continue
+        rows: dict[str, str] = {}
+        for recs in by_label.values():
+            for rec in recs:
+                rows.update(rec.get("config", {}).get("ablation_rows") or {})
+        main = groups.get((profile, scenario, None), {})
+        for label, method in rows.items():
+            if method in main and label not in by_label:
+                by_label[label] = list(main[method])
+
+
 def _fmt_setting(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -421,6 +437,7 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
             "again)")
     records, stale = newest_data_version(records)
     groups = _group(records)
+    _join_default_rows(groups)
     choices = search_choices(records)
     for (profile, scenario), chosen in choices.items():
         main = groups.get((profile, scenario, None), {})

@@ -24,6 +24,10 @@ class Ablation:
     variants: tuple[Variant, ...]
     #: variants that depend on the scenario (e.g. one weight per task): ``(num_tasks) -> list``
     variants_for: Callable[[int], list[Variant]] | None = None
+    #: rows that are a method's default runs, not re-run: ``(label, method)``; the preset plans
+    #: those runs as the default sweep does (done once, shared) and its records name them
+    #: (``config["ablation_rows"]``) so that its tables show them under ``label``
+    from_defaults: tuple[tuple[str, str], ...] = ()
 
     def variants_of(self, num_tasks: int) -> list[Variant]:
         """The variants run on a scenario with ``num_tasks`` tasks."""
@@ -36,8 +40,10 @@ ablations: Registry[Ablation] = Registry("ablation")
 
 def register_ablation(name: str, description: str, scenarios: tuple[str, ...],
                       variants: list[Variant],
-                      variants_for: Callable[[int], list[Variant]] | None = None) -> Ablation:
-    preset = Ablation(name, description, scenarios, tuple(variants), variants_for)
+                      variants_for: Callable[[int], list[Variant]] | None = None,
+                      from_defaults: tuple[tuple[str, str], ...] = ()) -> Ablation:
+    preset = Ablation(name, description, scenarios, tuple(variants), variants_for,
+                      from_defaults)
     ablations.add(name, preset, description)
     return preset
 
@@ -107,6 +113,18 @@ register_ablation(
     + [(f"mtlora (no {loc})", "mtlora",
         {"arch.locations": [x for x in ("qkv", "proj", "fc1", "fc2") if x != loc]})
        for loc in ("fc1", "fc2", "proj", "qkv")],
+)
+
+#: the methods of the ``init`` preset (issue 13: the papers' low-rank methods and references)
+INIT_METHODS = ("hps", "single_task", "mola_grad", "mola_router", "mtlora", "mtlora_plus")
+register_ablation(
+    "init",
+    "scratch vs pretrained: the encoder started from random weights or from the committed "
+    "fractal-pretrained checkpoint (python -m bench pretrain; the embedded scenarios' default, "
+    "as the papers start from ImageNet weights: MoLA App. B, MTLoRA §4.1)",
+    ("digits_domains", "digits_tasks", "digits_scene"),
+    [(f"{method} (scratch)", method, {"backbone.init": "scratch"}) for method in INIT_METHODS],
+    from_defaults=tuple((f"{method} (pretrained)", method) for method in INIT_METHODS),
 )
 
 

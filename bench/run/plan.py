@@ -26,6 +26,7 @@ from bench.models.method import (
     resolve_method,
     resolve_run_method,
 )
+from bench.models.pretrained import manifest
 from bench.registry import UnknownNameError, methods, scenarios
 from bench.run.ablations import ablations
 
@@ -124,10 +125,12 @@ def check_seeds(seeds: list[int]) -> list[int]:
 
 def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profile: str,
                 overrides: dict[str, Any] | None = None, label: str = "",
-                ablation: str | None = None, search: dict[str, Any] | None = None) -> RunSpec:
+                ablation: str | None = None, search: dict[str, Any] | None = None,
+                rows: dict[str, str] | None = None) -> RunSpec:
     """The frozen run of the resolved method ``spec`` (checked against ``scen``). ``search``
     marks the runs of an equal-budget search (:mod:`bench.run.search`: a trial, or a re-run of
-    the chosen configuration) in their config, so that they never pass for default runs."""
+    the chosen configuration) in their config, so that they never pass for default runs;
+    ``rows`` names the rows of an ablation that are default runs (label -> method)."""
     scen.check_profile(profile)
     check_compatible(spec, scen, profile)
     setup = resolved_setup(spec, scen, profile)
@@ -144,12 +147,29 @@ def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profil
         "overrides": dict(overrides or {}),
         "method_identity": spec.identity(),
         "training": setup.to_dict(),
+        **backbone_start(spec, scen, profile),
         # only for search runs, so that the config hashes of all other runs stay as they were
         **({"search": dict(search)} if search else {}),
+        # an ablation's rows taken from default runs (label -> method), for its tables
+        **({"ablation_rows": dict(rows)} if rows else {}),
     }
     return RunSpec(method, scen.name, int(seed), profile,
                    tuple(sorted((overrides or {}).items())), label or method, ablation, config,
                    spec, setup)
+
+
+def backbone_start(spec: MethodSpec, scen: Scenario, profile: str) -> dict[str, Any]:
+    """``{"init": {...}}`` for a run whose encoder declares a start (``backbone.init``): the
+    encoder, ``scratch`` or ``pretrained`` and the SHA-256 of the committed checkpoint, so that
+    records trained from scratch never pass for pretrained ones (and a re-made checkpoint makes
+    new runs). Empty for encoders without it (their records keep their hashes)."""
+    name, kwargs = spec.resolve_backbone(scen.backbone_of(profile),
+                                         scen.backbone_kwargs_of(profile))
+    init = kwargs.get("init")
+    if init is None:
+        return {}
+    sha = manifest().get(name, {}).get("sha256") if init == "pretrained" else None
+    return {"init": {"backbone": name, "init": init, "sha256": sha}}
 
 
 def make_run(method: str, scenario: str, seed: int, profile: str,
@@ -309,6 +329,16 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
         scen.check_data(profile)
         variants = (preset.variants_of(len(scen.shape(profile).tasks)) if preset.variants_for
                     else list(preset.variants))
+        rows: dict[str, str] = {}
+        for label, method in preset.from_defaults:  # default runs, shared with `run --all`
+            spec = resolve_run_method(method, None, profile)
+            try:
+                check_compatible(spec, scen, profile)
+            except IncompatibleError as err:
+                plan.skipped.append((label, scenario, str(err)))
+                continue
+            rows[label] = method
+            plan.runs += [resolve_run(spec, method, scen, seed, profile) for seed in seeds]
         for label, method, overrides in variants:
             spec = resolve_run_method(method, overrides, profile)
             try:
@@ -321,7 +351,7 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
                 raise WeightsMissingError(f"{label} on {scenario}: {problem}")
             for seed in seeds:
                 plan.runs.append(resolve_run(spec, method, scen, seed, profile, overrides,
-                                             label, name))
+                                             label, name, rows=rows))
     return plan
 
 
