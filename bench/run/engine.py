@@ -350,7 +350,8 @@ def epoch_steps(train_sizes: list[int], batch_size: int, multi_input: bool,
 
 
 def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any],
-                  present: list[bool] | None = None, scale: float = 1.0) -> Any:
+                  present: list[bool] | None = None, scale: float = 1.0,
+                  amp: str = "fp32") -> Any:
     """Backpropagate one step: the model's auxiliary loss if it has one (MoLA-Router's TwD),
     then the task losses through the method's weighting (T backward passes for weightings that
     need per-task gradients). ``present``: which tasks have samples in the batch (pooled
@@ -358,14 +359,20 @@ def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict
     weightings only the present tasks (:class:`bench.models.compat.CompatWeighting`). Returns
     what the weighting's ``backward`` returns (its task weights of this step, or ``None``).
     ``scale``: fp16's loss scale (every gradient entering the network multiplied by it, the
-    weighting shown true task gradients: :mod:`bench.run.precision`)."""
+    weighting shown true task gradients: :mod:`bench.run.precision`); ``amp``: the auxiliary
+    loss's modules (a discriminator, a projector) run under the forward pass's autocast."""
     model.batch_tasks = present
-    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+    aux = None
+    if hasattr(model, "auxiliary_loss"):
+        with precision.autocast(amp, _device_of(model)):
+            aux = model.auxiliary_loss()
+        if aux is not None and amp != "fp32":
+            aux = aux.float()
     if scale != 1.0:
         model.grad_scale = scale
         precision.scale_entering(losses, scale)
     if aux is not None:
-        (aux.float() * scale if scale != 1.0 else aux).backward(retain_graph=True)
+        (aux * scale if scale != 1.0 else aux).backward(retain_graph=True)
     weights = model.backward(losses, **weighting_kwargs)
     precision.scale_weighting_grads(model, scale)
     return weights
@@ -518,7 +525,7 @@ def _train(spec: MethodSpec, data: ScenarioData, setup: TrainingSetup, seed: int
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
             scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            trajectory.add(backward_step(model, losses, weighting_kwargs, present, scale))
+            trajectory.add(backward_step(model, losses, weighting_kwargs, present, scale, amp))
             if ddp is not None:
                 parallel.average_gradients(trained, ddp)
             if scaler is not None:
