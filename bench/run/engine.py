@@ -524,7 +524,7 @@ def _train(spec: MethodSpec, data: ScenarioData, setup: TrainingSetup, seed: int
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
-            scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            scale = precision.current_scale(scaler, device)
             trajectory.add(backward_step(model, losses, weighting_kwargs, present, scale, amp))
             if ddp is not None:
                 parallel.average_gradients(trained, ddp)

@@ -64,6 +64,14 @@ def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type)
 
 
+def current_scale(scaler: torch.amp.GradScaler | None, device: torch.device) -> float:
+    """The scaler's scale for this step (1 without a scaler); ``scaler.scale`` of a one is
+    the public way to read it (and to start the scaler's state before ``unscale_``)."""
+    if scaler is None:
+        return 1.0
+    return float(scaler.scale(torch.ones((), device=device)))
+
+
 def scale_entering(tensor: torch.Tensor, scale: float) -> None:
     """Multiply every gradient that flows back into the graph through ``tensor`` by ``scale``
     (loss scaling at the network's boundary; nothing when ``scale`` is 1)."""
