@@ -61,6 +61,45 @@ def multi_input_forward_benchmark(repeats: int = 5, scenario: str = "digits_task
     ]
 
 
+def precision_benchmark(repeats: int = 5, scenario: str = "digits_scene",
+                        method: str = "hps") -> list[dict[str, Any]]:
+    """One training step (forward under autocast, float32 losses, backward) of ``method`` on an
+    embedded scenario's shape: bf16 against fp32 (``train.precision``), timed alternately —
+    fp32 step, bf16 step, ratio — so that both see the same machine load; the row gives the
+    median ratio and its [min, max] over the ``repeats`` pairs."""
+    from bench.models.method import build_model, resolve_method
+    from bench.run.engine import batch_losses, fetch_batch, load_scenario, seed_everything
+
+    data = load_scenario(scenario, "default")
+    seed_everything(0)
+    model = build_model(resolve_method(method), data)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    batch_size = data.training.batch_size
+    index = {t: torch.randperm(data.train.size(t), generator=gen)[:batch_size]
+             for t in data.task_names}
+    batch = fetch_batch(data, data.train, index)
+    fused = data.multi_input
+
+    def step(amp: str) -> float:
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=False)
+        losses, _ = batch_losses(model, data, batch, fused, amp=amp)
+        losses.sum().backward()
+        return time.perf_counter() - start
+
+    step("fp32"), step("bf16")  # warm-up
+    pairs = [(step("fp32"), step("bf16")) for _ in range(repeats)]
+    ratios = [b / f for f, b in pairs]
+    fp32_ms = statistics.median(f for f, _ in pairs) * 1000.0
+    bf16_ms = statistics.median(b for _, b in pairs) * 1000.0
+    name = f"{method} train step, {scenario} (batch {batch_size}), train.precision"
+    return [{"benchmark": name, "path": "fp32", "ms": fp32_ms, "ratio": 1.0},
+            {"benchmark": name,
+             "path": f"bf16 autocast [ratio min {min(ratios):.2f}, max {max(ratios):.2f}]",
+             "ms": bf16_ms, "ratio": statistics.median(ratios)}]
+
+
 def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
     """``count`` RGB JPEGs of ``size``² (smooth gradients plus noise, like photos), for
     benchmarks of image decoding."""
@@ -195,6 +234,7 @@ def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256,
 def main(repeats: int = 5) -> int:
     rows: list[dict[str, Any]] = []
     rows += multi_input_forward_benchmark(repeats)
+    rows += precision_benchmark(repeats)
     for row in mola_conv_benchmark(repeats):
         rows.append({**row, "benchmark": "MoLA conv fwd+bwd (batch 128, 256->256, 4x4, 4 tasks)"})
     rows += streaming_benchmark(repeats)

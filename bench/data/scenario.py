@@ -122,6 +122,12 @@ class TrainingSetup:
     #: scale each task's mean loss by its share of the batch, so that the losses sum to the
     #: batch's mean loss (MoLA's reference on MedMNIST and RadImageNet)
     loss_share: bool = False
+    #: numeric precision of the forward pass: "fp32", or autocast to "bf16" / "fp16" (losses,
+    #: parameters and gradients stay float32; fp16 with a gradient scaler, on CUDA only)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: data parallelism: one run on this many processes (torch.distributed), each taking a
+    #: shard of every global batch (:mod:`bench.run.parallel`)
+    ddp: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSetup:
@@ -133,6 +139,9 @@ class TrainingSetup:
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"train.warmup_epochs={self.warmup_epochs} is more than "
                              f"train.epochs={self.epochs}")
+        if self.ddp > self.batch_size:
+            raise ValueError(f"train.ddp={self.ddp} is more than train.batch_size="
+                             f"{self.batch_size}: every process needs a sample of each batch")
         return self
 
     @classmethod
@@ -168,7 +177,7 @@ class TrainingSetup:
 #: TrainingSetup fields added after records existed, with their defaults
 LATER_DEFAULTS: dict[str, Any] = {"warmup_epochs": 0, "min_lr": 0.0, "step_size": 0,
                                   "gamma": 0.5, "grad_clip": 0.0, "sampling": "per_task",
-                                  "loss_share": False}
+                                  "loss_share": False, "precision": "fp32", "ddp": 1}
 
 
 @dataclass

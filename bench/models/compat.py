@@ -125,6 +125,14 @@ class CompatWeighting(AbsWeighting):
     needs_losses_after_step: bool = False
     #: set by the engine before each ``backward``: which tasks have samples in the batch
     batch_tasks: list[bool] | None = None
+    #: set by the engine under data parallelism: maps this process's ``T x D`` task-gradient
+    #: matrix to the average over processes (:func:`bench.run.parallel.average`)
+    task_grad_sync: Any = None
+    #: set by the engine under fp16: the gradient scaler's scale ``s``. Gradients entering the
+    #: network are multiplied by ``s``; :meth:`_compute_grad` divides the task gradients by it
+    #: before the weighting sees them and :meth:`_reset_grad` multiplies the direction back
+    #: (:mod:`bench.run.precision`)
+    grad_scale: float = 1.0
 
     def present_tasks(self) -> list[int]:
         """Indices of the tasks with samples in the current batch (all when unknown)."""
@@ -178,6 +186,13 @@ class CompatWeighting(AbsWeighting):
                 raise ValueError(f"no {mode!r} mode for gradient computation")
             if not rep_grad:
                 self.zero_grad_share_params()
+        if not rep_grad and self.grad_scale != 1.0:  # fp16: the weighting sees true gradients
+            grads = grads / self.grad_scale
+        if self.task_grad_sync is not None:
+            if rep_grad:
+                raise RuntimeError("representation gradients are per sample: they cannot be "
+                                   "averaged over data-parallel processes")
+            grads = self.task_grad_sync(grads)
         return grads
 
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray | None:  # fix 7
@@ -202,6 +217,8 @@ class CompatWeighting(AbsWeighting):
         for param in self.get_share_params():
             n = param.numel()
             value = new_grads[offset : offset + n].reshape(param.shape).to(param.dtype).clone()
+            if self.grad_scale != 1.0:  # fp16: every .grad holds s x the true gradient
+                value = value * self.grad_scale
             if param.grad is None:
                 param.grad = value
             else:
@@ -292,6 +309,21 @@ class CompatArchitecture(AbsArchitecture):
                 task_rep = task_rep[rows]
             task_rep = self._prepare_rep(task_rep, task, same_rep)
             out[task] = self.decoders[task](task_rep)
+        return out
+
+    def _prepare_rep(self, rep: torch.Tensor, task: str, same_rep: bool | None = None
+                     ) -> torch.Tensor:
+        """LibMTL's representation split (``rep_grad``); under fp16 loss scaling the decoders'
+        gradient reaching the representation copy is divided by the scale (the weighting sees
+        true representation gradients) and what the weighting sends back into the encoder is
+        multiplied by it (:mod:`bench.run.precision`)."""
+        out = super()._prepare_rep(rep, task, same_rep)
+        scale = float(getattr(self, "grad_scale", 1.0))
+        if self.rep_grad and scale != 1.0:
+            if rep.requires_grad and not getattr(rep, "_bench_scaled", False):
+                rep._bench_scaled = True  # type: ignore[attr-defined]  # one rep, T tasks
+                rep.register_hook(lambda grad: grad * scale)
+            out.register_hook(lambda grad: grad / scale)
         return out
 
     def zero_grad_share_params(self) -> None:  # fix 3

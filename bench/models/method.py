@@ -400,7 +400,11 @@ def build_model(spec: MethodSpec, data: ScenarioData, device: torch.device | str
     }
     model = mixed(data.task_names, encoder_class, decoders, spec.rep_grad, data.multi_input,
                   torch.device(device), **kwargs)
+    network = {name for name, _ in model.named_parameters()}
     model.init_param()
+    #: the weighting's own parameters (e.g. log-variances): loss scaling treats them apart
+    model.weighting_parameter_names = tuple(
+        name for name, _ in model.named_parameters() if name not in network)
     return model.to(device)
 
 

@@ -6,6 +6,8 @@
   serialises to (its SHA-256 is the run's identity).
 * :mod:`~bench.run.ablations` — the papers' ablation presets.
 * :mod:`~bench.run.engine` — one run: build the model, train, select the epoch, evaluate.
+* :mod:`~bench.run.precision` — mixed precision (autocast, fp16's gradient scaler), the device.
+* :mod:`~bench.run.parallel` — data parallelism: one run on N processes (torch.distributed).
 * :mod:`~bench.run.worker` — one run in a worker: claim, train, write the record.
 * :mod:`~bench.run.locks` — atomic lock files that let sweeps share a results folder.
 * :mod:`~bench.run.sweep` — executes a plan locally (joblib) or on a backend; skips done runs.

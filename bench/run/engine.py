@@ -50,7 +50,9 @@ from bench.models.method import (
 )
 from bench.records import selection
 from bench.registry import scenarios
+from bench.run import parallel, precision
 from bench.run.plan import RunSpec
+from bench.run.precision import default_device
 
 
 class DivergedError(RuntimeError):
@@ -58,6 +60,9 @@ class DivergedError(RuntimeError):
         super().__init__(f"loss became non-finite at step {step}: {losses}")
         self.step = step
         self.losses = losses
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (a data-parallel rank raises it)
+        return (DivergedError, (self.step, self.losses))
 
 
 def seed_everything(seed: int) -> None:
@@ -78,14 +83,6 @@ def _load_scenario(name: str, profile: str, data_root: str, verify: str) -> Scen
     scenario: Scenario = scenarios.get(name)()
     scenario.check_profile(profile)
     return scenario.load(profile)
-
-
-def default_device() -> torch.device:
-    """``$BENCH_DEVICE`` if set, else CUDA when available, else the CPU."""
-    name = os.environ.get("BENCH_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TaskSampler:
@@ -196,31 +193,36 @@ def fetch_batch(data: ScenarioData, split: Split, index: dict[str, torch.Tensor]
 
 
 def batch_losses(model: nn.Module, data: ScenarioData, batch: Batch, fused: bool,
-                 share: bool = False) -> tuple[torch.Tensor, dict]:
+                 share: bool = False, amp: str = "fp32") -> tuple[torch.Tensor, dict]:
     """Forward one fetched training batch; return the per-task losses ``(T,)`` and the
     predictions. A task with no rows in the batch (pooled sampling) has loss 0, attached to
     the graph so that every weighting can differentiate it; with ``share`` each task's loss is
     scaled by its share of the batch's rows. A model with ``observe_targets`` is given the
     batch's targets (per task, on its device) before the forward, for an auxiliary loss that
-    needs the labels (SelfReg's same-class pairs)."""
+    needs the labels (SelfReg's same-class pairs). ``amp`` (``train.precision``): the forward
+    pass under autocast; the predictions are cast back to float32 and the losses computed in
+    float32 (:mod:`bench.run.precision`)."""
     names = data.task_names
     dev = _device_of(model)
     xs, cpu_targets = batch
     targets = {t: cpu_targets[t].to(dev) for t in names}
     if hasattr(model, "observe_targets"):  # a training loss on the labels of all rows (SelfReg)
         model.observe_targets(targets)
-    if not data.multi_input:
-        out = model(xs.to(dev))
-    elif fused:
-        parts = [xs[t] for t in names]
-        task_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long)
-                              for i, x in enumerate(parts)])
-        out = model(torch.cat(parts).to(dev), task_ids=task_ids.to(dev))
-    else:
-        out = {}
-        for t in names:
-            if len(xs[t]):
-                out.update(model(xs[t].to(dev), task_name=t))
+    with precision.autocast(amp, dev):
+        if not data.multi_input:
+            out = model(xs.to(dev))
+        elif fused:
+            parts = [xs[t] for t in names]
+            task_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long)
+                                  for i, x in enumerate(parts)])
+            out = model(torch.cat(parts).to(dev), task_ids=task_ids.to(dev))
+        else:
+            out = {}
+            for t in names:
+                if len(xs[t]):
+                    out.update(model(xs[t].to(dev), task_name=t))
+    if amp != "fp32":
+        out = {t: v.float() for t, v in out.items()}
     total = sum(len(targets[t]) for t in names)
     losses = []
     for task in data.tasks:
@@ -253,11 +255,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int,
-             fused: bool = False) -> tuple[dict[str, dict[str, float]], list[float]]:
+             fused: bool = False, amp: str = "fp32"
+             ) -> tuple[dict[str, dict[str, float]], list[float]]:
     """Metrics per task and the mean loss of each task on ``split``. Multi-input scenarios are
     evaluated one task at a time, or with ``fused`` in chunks that mix the tasks' samples (one
     forward pass per chunk, rows routed by task id, as in fused training: fewer calls for a
-    small split such as the oracle's test subset)."""
+    small split such as the oracle's test subset). ``amp``: the forward pass under autocast
+    (``train.precision``); metrics and losses from float32 predictions."""
     model.eval()
     metrics: dict[str, dict[str, float]] = {}
     losses = []
@@ -301,14 +305,18 @@ def evaluate(model: nn.Module, data: ScenarioData, split: Split, batch_size: int
     fetches = (partial(fetch, parts) for parts in chunks)
     for parts, (x, ys) in zip(chunks, prefetched(fetches, is_streamed(split))):
         x = x.to(dev)
-        if parts[0][0] is None:
-            out = model(x)
-        elif len(parts) == 1 and not fused:
-            out = model(x, task_name=parts[0][0])
-        else:
-            ids = torch.cat([torch.full((len(ys[t]),), data.task_names.index(t),  # type: ignore
-                                        dtype=torch.long) for t, _ in parts])
-            out = model(x, task_ids=ids.to(dev))
+        with precision.autocast(amp, dev):
+            if parts[0][0] is None:
+                out = model(x)
+            elif len(parts) == 1 and not fused:
+                out = model(x, task_name=parts[0][0])
+            else:
+                ids = torch.cat([torch.full((len(ys[t]),),  # type: ignore[arg-type]
+                                            data.task_names.index(t),  # type: ignore[arg-type]
+                                            dtype=torch.long) for t, _ in parts])
+                out = model(x, task_ids=ids.to(dev))
+        if amp != "fp32":
+            out = {t: v.float() for t, v in out.items()}
         for t, pred in out.items():
             if t not in ys or not len(ys[t]):
                 continue
@@ -342,18 +350,32 @@ def epoch_steps(train_sizes: list[int], batch_size: int, multi_input: bool,
 
 
 def backward_step(model: nn.Module, losses: torch.Tensor, weighting_kwargs: dict[str, Any],
-                  present: list[bool] | None = None) -> Any:
+                  present: list[bool] | None = None, scale: float = 1.0,
+                  amp: str = "fp32") -> Any:
     """Backpropagate one step: the model's auxiliary loss if it has one (MoLA-Router's TwD),
     then the task losses through the method's weighting (T backward passes for weightings that
     need per-task gradients). ``present``: which tasks have samples in the batch (pooled
     sampling may leave some out); the weighting sees it as ``batch_tasks`` and gives gradient
     weightings only the present tasks (:class:`bench.models.compat.CompatWeighting`). Returns
-    what the weighting's ``backward`` returns (its task weights of this step, or ``None``)."""
+    what the weighting's ``backward`` returns (its task weights of this step, or ``None``).
+    ``scale``: fp16's loss scale (every gradient entering the network multiplied by it, the
+    weighting shown true task gradients: :mod:`bench.run.precision`); ``amp``: the auxiliary
+    loss's modules (a discriminator, a projector) run under the forward pass's autocast."""
     model.batch_tasks = present
-    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+    aux = None
+    if hasattr(model, "auxiliary_loss"):
+        with precision.autocast(amp, _device_of(model)):
+            aux = model.auxiliary_loss()
+        if aux is not None and amp != "fp32":
+            aux = aux.float()
+    if scale != 1.0:
+        model.grad_scale = scale
+        precision.scale_entering(losses, scale)
     if aux is not None:
-        aux.backward(retain_graph=True)
-    return model.backward(losses, **weighting_kwargs)
+        (aux * scale if scale != 1.0 else aux).backward(retain_graph=True)
+    weights = model.backward(losses, **weighting_kwargs)
+    precision.scale_weighting_grads(model, scale)
+    return weights
 
 
 class WeightTrajectory:
@@ -399,18 +421,45 @@ class RunResult:
     selection: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: samples per task of the fixed test subset the ``oracle`` rule reads every epoch
     oracle_subset: dict[str, int] = field(default_factory=dict)
+    #: the model's state after the last step (``train(keep_state=True)``; not recorded)
+    state: dict[str, torch.Tensor] | None = None
 
 
 def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: TrainingSetup,
           seed: int, progress: Callable[[int, int], None] | None = None,
-          rule_names: Sequence[str] | None = None) -> RunResult:
+          rule_names: Sequence[str] | None = None, keep_state: bool = False) -> RunResult:
     """Train ``spec`` on ``data``; evaluate the test split at the epoch each selection rule
     chooses (``rule_names``: all of :data:`bench.records.selection.RULES` by default; the
-    default rule is always among them)."""
+    default rule is always among them). With ``setup.ddp`` > 1 the run trains on that many
+    processes (:mod:`bench.run.parallel`) and rank 0's result is returned. ``keep_state``: the
+    result holds the model's state after the last step."""
     check_compatible(spec, scenario)
+    if setup.ddp > 1 and parallel.current() is None:
+        return parallel.launch(_train, setup.ddp, (spec, data, setup, seed, None, rule_names,
+                                                   keep_state), default_device())
+    result = _train(spec, data, setup, seed, progress, rule_names, keep_state)
+    assert result is not None
+    return result
+
+
+def _train(spec: MethodSpec, data: ScenarioData, setup: TrainingSetup, seed: int,
+           progress: Callable[[int, int], None] | None, rule_names: Sequence[str] | None,
+           keep_state: bool) -> RunResult | None:
+    """The training of :func:`train` in this process (one data-parallel rank, or the only
+    process); ``None`` on a data-parallel rank other than 0."""
     seed_everything(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_model(spec, data, default_device())
+    current = parallel.current()
+    ddp = current if current is not None and current.world > 1 else None
+    lead = ddp is None or ddp.lead
+    device = default_device()
+    amp = setup.precision
+    scaler = precision.make_scaler(amp, device)
+    model = build_model(spec, data, device)
+    if ddp is not None:
+        parallel.sync_batchnorm(model)
+        parallel.broadcast_parameters(model)
+        model.task_grad_sync = parallel.average
     trainable, total = count_parameters(model)
     breakdown = model.param_breakdown() if hasattr(model, "param_breakdown") else None
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -458,25 +507,43 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
             else:
                 idx = shared.next(setup.batch_size)
                 index = {t: idx for t in names}
+            if ddp is not None:  # every rank drew the global batch: keep this rank's share
+                index = {t: parallel.shard(i, ddp) for t, i in index.items()}
             yield partial(fetch_batch, data, data.train, index,
                           (seed, epoch * steps_per_epoch + k))
 
     for epoch in range(setup.epochs):
         model.train()
         for batch in prefetched(epoch_batches(epoch), streamed):
-            losses, _ = batch_losses(model, data, batch, fused, setup.loss_share)
+            losses, _ = batch_losses(model, data, batch, fused, setup.loss_share, amp)
+            present = [len(batch[1][t]) > 0 for t in names] if pooled else None
+            if ddp is not None:  # the global batch's loss values, on every rank
+                losses, everywhere = parallel.global_losses(
+                    losses, [len(batch[1][t]) for t in names], ddp)
+                present = everywhere if pooled else None
             if not torch.isfinite(losses).all():
                 raise DivergedError(step, [float(v) for v in losses.detach()])
             optimizer.zero_grad(set_to_none=False)
-            trajectory.add(backward_step(
-                model, losses, weighting_kwargs,
-                [len(batch[1][t]) > 0 for t in names] if pooled else None))
+            scale = precision.current_scale(scaler, device)
+            trajectory.add(backward_step(model, losses, weighting_kwargs, present, scale, amp))
+            if ddp is not None:
+                parallel.average_gradients(trained, ddp)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             if setup.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, setup.grad_clip)
-            optimizer.step()
+            if scaler is not None:  # skips a step with an inf or NaN gradient
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             if after_step:  # the same batch again, in training mode (FAMO's official code)
                 with torch.no_grad():
-                    losses_after, _ = batch_losses(model, data, batch, fused, setup.loss_share)
+                    losses_after, _ = batch_losses(model, data, batch, fused, setup.loss_share,
+                                                   amp)
+                    if ddp is not None:
+                        losses_after = parallel.global_losses(
+                            losses_after, [len(batch[1][t]) for t in names], ddp)[0]
                 if not torch.isfinite(losses_after).all():
                     raise DivergedError(step, [float(v) for v in losses_after])
                 model.after_step(losses_after)
@@ -485,14 +552,18 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
                 progress(step, total_steps)
         if scheduler is not None:
             scheduler.step()
-        val_metrics, task_losses = evaluate(model, data, data.val, setup.eval_batch_size)
+        if not lead:  # rank 0 evaluates; the weightings' epoch ends with eval mode all the same
+            model.eval()
+            continue
+        val_metrics, task_losses = evaluate(model, data, data.val, setup.eval_batch_size,
+                                            amp=amp)
         if not all(math.isfinite(v) for v in task_losses):
             raise DivergedError(step, task_losses)
         entry: dict[str, Any] = {"epoch": epoch, "val_task_losses": task_losses,
                                  "val_metrics": val_metrics}
         if oracle is not None:  # small: one fused pass where the architecture allows it
             entry["oracle_metrics"] = evaluate(model, data, oracle, setup.eval_batch_size,
-                                               fused)[0]
+                                               fused, amp)[0]
         if any(not selection.RULES[name].latest for name in running.update(entry)):
             # the model at the end is "last"'s choice: no copy for it
             states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -503,19 +574,23 @@ def train(spec: MethodSpec, scenario: Scenario, data: ScenarioData, setup: Train
         weights_summary = trajectory.close()
         if weights_summary is not None:
             history[-1]["task_weights"] = weights_summary
+    if not lead:
+        return None
+    state = ({k: v.detach().clone() for k, v in model.state_dict().items()} if keep_state
+             else None)
     chosen_epochs = running.chosen()
     test_at: dict[int, dict[str, dict[str, float]]] = {}
     final = setup.epochs - 1
     for epoch in sorted(set(chosen_epochs.values()), key=lambda e: e != final):
         if epoch != final:  # the final epoch first: that model is the one in memory
             model.load_state_dict(states[epoch])
-        test_at[epoch], _ = evaluate(model, data, data.test, setup.eval_batch_size)
+        test_at[epoch], _ = evaluate(model, data, data.test, setup.eval_batch_size, amp=amp)
     chosen_by = {name: {"epoch": epoch, "val": running.history[epoch]["val_metrics"],
                         "test": test_at[epoch]} for name, epoch in chosen_epochs.items()}
     default = chosen_by[selection.DEFAULT]
     return RunResult(default["val"], default["test"], default["epoch"], setup.epochs, step,
                      trainable, total, breakdown, forward_mode, history, tasks, chosen_by,
-                     {t: oracle.size(t) for t in names} if oracle is not None else {})
+                     {t: oracle.size(t) for t in names} if oracle is not None else {}, state)
 
 
 def _history_entry(entry: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bench.models.method import (
 from bench.models.pretrained import manifest
 from bench.registry import UnknownNameError, methods, scenarios
 from bench.run.ablations import ablations
+from bench.run.precision import default_device, precision_problem
 
 SCHEMA_VERSION = 1
 
@@ -106,6 +107,30 @@ def resolved_setup(spec: MethodSpec, scen: Scenario, profile: str) -> TrainingSe
                                               f"method {spec.name!r} on {scen.name} ({profile})")
 
 
+def training_problem(spec: MethodSpec, setup: TrainingSetup) -> str | None:
+    """Why ``setup``'s precision or data parallelism cannot train ``spec`` on this machine's
+    device (one line), or ``None``: fp16 off CUDA, more processes than GPUs, weightings on
+    representation gradients or pooled batches under data parallelism."""
+    import torch
+
+    device = default_device()
+    problem = precision_problem(setup.precision, device)
+    if problem or setup.ddp == 1:
+        return problem
+    if spec.rep_grad:
+        return (f"train.ddp={setup.ddp} cannot run a weighting on representation gradients "
+                f"(weighting {spec.weighting!r} with rep_grad): they are per sample, one "
+                "process's rows are not the batch's; use its parameter-gradient variant "
+                "(e.g. mgda instead of mgda_ub) or train.ddp=1")
+    if setup.sampling == "pooled":
+        return (f"train.ddp={setup.ddp} needs train.sampling=per_task (a pooled batch's "
+                "shards may miss a task on some processes); or train.ddp=1")
+    if device.type == "cuda" and setup.ddp > torch.cuda.device_count():
+        return (f"train.ddp={setup.ddp} needs {setup.ddp} GPUs, this machine has "
+                f"{torch.cuda.device_count()}")
+    return None
+
+
 #: the seeds a run takes: numpy's seed range (``seed_everything`` seeds numpy with it)
 MAX_SEED = 2**32 - 1
 
@@ -134,6 +159,9 @@ def resolve_run(spec: MethodSpec, method: str, scen: Scenario, seed: int, profil
     scen.check_profile(profile)
     check_compatible(spec, scen, profile)
     setup = resolved_setup(spec, scen, profile)
+    problem = training_problem(spec, setup)
+    if problem:
+        raise SettingsError(f"{spec.name} on {scen.name}: {problem}")
     config = {
         "schema": SCHEMA_VERSION,
         "method": method,
