@@ -35,8 +35,6 @@ def _close(a: list[tuple[int, int]], b: list[tuple[int, int]], rel: float = 0.01
 def param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
     """Trainable parameters for 2...10 tasks, one curve per architecture (weightings do not
     change the count); False when no record has ``param_scaling``."""
-    import seaborn as sns
-
     plt = _pyplot()
     curves: dict[str, list[tuple[int, int]]] = {}
     users: dict[str, list[str]] = defaultdict(list)
@@ -53,7 +51,8 @@ def param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str
     if not curves:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    palette = sns.color_palette("tab10", len(curves))
+    tab10 = plt.get_cmap("tab10").colors  # seaborn's "tab10" palette, cycled
+    palette = [tab10[i % len(tab10)] for i in range(len(curves))]
     styles = ["-", "--", "-.", ":"]
     markers = ["o", "s", "^", "D", "v"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
