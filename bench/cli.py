@@ -113,7 +113,7 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 # ------------------------------------------------------------------ list
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
-    from bench.models.backbones import backbones
+    from bench.models.registries import backbones
     from bench.run.ablations import ablations
 
     reg = {
@@ -128,11 +128,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max((len(n) for n in names), default=0)
     for name in names:
         extra = ""
-        if args.what == "scenarios":
-            from bench.data.scenario import HETEROGENEITY_LABELS
+        if args.what == "scenarios":  # read from the plugin file's source: nothing built
+            from bench.data.kinds import HETEROGENEITY_LABELS
 
-            scen = reg.get(name)
-            extra = f"[{HETEROGENEITY_LABELS[scen.heterogeneity]}] "
+            extra = f"[{HETEROGENEITY_LABELS[reg.attribute(name, 'heterogeneity')]}] "
         print(f"{name:<{width}}  {extra}{reg.describe(name)}")
     if not names:
         print(f"no {args.what} match {args.pattern!r}", file=sys.stderr)
@@ -498,6 +497,12 @@ def _verify(root: Path, k: int) -> int:
     return 1 if failed else 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from bench.data.real import cmd_data as run_data_command
+
+    return run_data_command(args)
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import main as perf_main
 
@@ -615,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mem_gb, account, qos, setup, cluster, log_dir, any slurm_* of "
                         "submitit); flags override it")
     p.set_defaults(func=cmd_run)
-    from bench.data.real import add_data_arguments, add_data_parser
+    from bench.data.arguments import add_data_arguments, add_data_parser
 
     add_data_arguments(p)  # --data-root, --no-verify (real datasets)
 
@@ -666,24 +671,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
-    add_data_parser(sub)  # python -m bench data check|download|list [NAME]
+    # python -m bench data check|download|list [NAME]
+    add_data_parser(sub).set_defaults(func=cmd_data)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.models.method import IncompatibleError
     from bench.registry import UnknownNameError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
-    from bench.data.real import apply_data_arguments
+    from bench.data.arguments import apply_data_arguments
 
     apply_data_arguments(args)  # --data-root / --no-verify reach workers through the env
     try:
         return int(args.func(args) or 0)
-    except (UsageError, UnknownNameError, IncompatibleError, ValueError) as err:
+    # a method that cannot run on a scenario (bench.models.method.IncompatibleError) is a
+    # ValueError too: not imported here, so that `list` and `--help` never import torch
+    except (UsageError, UnknownNameError, ValueError) as err:
         print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -60,8 +60,14 @@ PAPER_SIZE = 224
 
 
 def info() -> dict[str, Any]:
-    """``medmnist.INFO`` (the package's metadata: URLs, MD5s, labels, channels, task types)."""
-    from medmnist import INFO
+    """``medmnist.INFO`` (the package's metadata: URLs, MD5s, labels, channels, task types);
+    the package is an install extra (``pip install -e ".[medmnist]"``)."""
+    try:
+        from medmnist import INFO
+    except ImportError:
+        raise DataMissingError('the MedMNIST scenarios need the medmnist package: pip install '
+                               '-e ".[medmnist]" (else pip install "mtl-hetero-bench[medmnist]")'
+                               ) from None
 
     return INFO
 

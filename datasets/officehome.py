@@ -28,6 +28,7 @@ class OfficeHome(DomainBedScenario):
     """Office-Home (DomainBed layout), 4 domains × 65 classes, each domain a task; real data."""
 
     name = "officehome"
+    heterogeneity = "domain"  # as DomainBedScenario (stated: `list scenarios` reads it)
     description = ("Office-Home (DomainBed layout), 4 domains x 65 classes, each domain a task; "
                    "real data")
     folder = "office_home"

@@ -28,6 +28,7 @@ class VLCS(DomainBedScenario):
     """VLCS (DomainBed layout), 4 domains × 5 classes, each domain a task; real data."""
 
     name = "vlcs"
+    heterogeneity = "domain"  # as DomainBedScenario (stated: `list scenarios` reads it)
     description = "VLCS (DomainBed layout), 4 domains x 5 classes, each domain a task; real data"
     folder = "VLCS"
     num_classes = 5

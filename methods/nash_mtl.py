@@ -16,6 +16,9 @@ of present tasks: an absent task (zero row) would make the problem infeasible
 gradients, where no ``alpha > 0`` exists) torchjd keeps the previous ``alpha`` (ones at the
 start). Task-specific parameters get ``grad L_t`` (the official code weights them by
 ``alpha_t``; see :mod:`bench.models.torchjd_weighting`).
+
+cvxpy and ECOS are an install extra (``pip install -e ".[nash-mtl]"``, in ``test`` too): without
+them planning refuses the method in one line naming it.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class _OneTask(WeightedAggregator):
 register_weighting("nash_mtl", NashMTL,
                    description="Nash-MTL: Nash bargaining solution of the task gradients",
                    defaults={"max_norm": 1.0, "update_weights_every": 1, "optim_niter": 20},
-                   rep_grad=(False,))
+                   rep_grad=(False,), requires=("cvxpy", "ecos"), extra="nash-mtl")
 register_method("nash_mtl", architecture="hps", weighting="nash_mtl",
                 description="hard parameter sharing trained with Nash-MTL (torchjd)",
                 paper="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",

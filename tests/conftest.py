@@ -12,7 +12,7 @@ second on one CPU thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -30,6 +30,16 @@ def _seed_every_test() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Counted FLOPs (``bench.run.cost.cache_dir``) go to a folder of the test session, never to
+    the user's cache: every session counts from scratch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
 
 INPUT_SHAPE = (1, 8, 8)
 TINY_BACKBONE = {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1), "strides": (1, 2, 1, 2)}

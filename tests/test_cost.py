@@ -218,3 +218,36 @@ def test_counting_paper_runs_fetches_no_weights_and_follows_pooled_epochs(monkey
     mtlora = make_run("mtlora", "pascal_context", 0, "paper")  # the ImageNet Swin-T at 448²
     assert cost.run_flops(mtlora).step_flops > 10 * cost.run_flops(  # type: ignore[union-attr]
         make_run("mtlora", "digits_scene", 0, "default")).step_flops  # type: ignore[union-attr]
+
+
+def test_a_second_dry_run_reads_the_counted_flops_from_disk(tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:
+    """Counted FLOPs are kept on disk per (method identity, scenario shape, code version): a
+    second dry run (a new process: nothing in memory) does not count again; another code
+    version counts anew."""
+    monkeypatch.setenv(cost.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(cost, "_METHOD_CACHE", {})
+    counted: list[str] = []
+    real = cost.method_flops
+
+    def counting(spec, *args, **kwargs):
+        counted.append(spec.name)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(cost, "method_flops", counting)
+    args = ["run", "--method", "hps", "--scenario", "digits_tasks", "--profile", "smoke",
+            "--seeds", "0,1", "--jobs", "1", "--dry-run", "--results-dir",
+            str(tmp_path / "results")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    calls = len(counted)  # method_flops calls itself with the counted batch size
+    assert calls >= 1 and set(counted) == {"hps"} and "FLOP" in first
+    assert len(list((tmp_path / "cache" / "flops").glob("*.json"))) == 1
+    cost._METHOD_CACHE.clear()
+    assert main(args) == 0
+    assert len(counted) == calls  # read from disk, not counted
+    assert capsys.readouterr().out == first
+    cost._METHOD_CACHE.clear()
+    monkeypatch.setattr(cost, "code_version", lambda: "another version")
+    assert main(args) == 0
+    assert len(counted) == 2 * calls

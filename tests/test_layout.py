@@ -167,7 +167,7 @@ def test_the_checks_see_a_forbidden_import_and_a_circle(tmp_path: Path) -> None:
 #: read anywhere, and the report rebuilds a leaderboard without torch
 THIRD_PARTY_ALLOWED: dict[str, set[str]] = {
     "bench.records": {"pydantic"},  # the record schema
-    "bench.report": {"scipy", "matplotlib", "seaborn"},
+    "bench.report": {"scipy", "matplotlib"},
 }
 
 

@@ -343,3 +343,26 @@ def test_records_of_an_older_data_version_are_left_out(tmp_path: Path) -> None:
     assert _rows(text, "`synthetic_cls`")["big"]["n"] == "5"
     assert "5 record(s) of an older data version of `synthetic_cls`" in text
     assert "older data version of `synthetic_dense`" not in text
+
+
+def test_a_figure_drawn_from_unchanged_data_is_not_drawn_again(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A figure records a digest of what it is drawn from (PNG text chunk): the next render
+    with the same data keeps the file without importing pyplot; other data draw it again."""
+    from bench.report import plots
+
+    records = {"hps": [{"seed": 0, "param_scaling": {"2": 100, "3": 150},
+                        "config": {"method_identity": {"architecture": "hps"}}}]}
+    png = tmp_path / "params.png"
+    assert plots.param_plot(records, png, "title")
+    first = png.read_bytes()
+    assert plots.drawn_from(png) is not None
+
+    def no_drawing() -> None:
+        raise AssertionError("drawn again")
+
+    monkeypatch.setattr(plots, "_pyplot", no_drawing)
+    assert plots.param_plot(records, png, "title")
+    assert png.read_bytes() == first
+    with pytest.raises(AssertionError, match="drawn again"):
+        plots.param_plot(records, png, "another title")

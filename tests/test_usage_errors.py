@@ -153,3 +153,22 @@ def test_list_matches_a_part_of_the_name(capsys) -> None:
         row.split()[0] for row in capsys.readouterr().out.splitlines()}
     assert main(["list", "methods", "mola*"]) == 0  # globs still work
     assert main(["list", "weightings", "nothing_like_this"]) == 1
+
+
+# ---------------------------------------------------------------- install extras
+def test_a_method_whose_extra_is_missing_is_refused_in_one_line(tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """Nash-MTL's cvxpy is the ``nash-mtl`` extra: without it planning refuses the method,
+    naming the extra (exit 2, nothing written), also inside a combination."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cvxpy" else real(name, *a))
+    for method in ("nash_mtl", "mmoe+nash_mtl"):
+        code = main(["run", "--method", method, "--scenario", "digits_tasks", "--seeds", "0",
+                     "--profile", "smoke", "--results-dir", str(tmp_path / "r")])
+        line = _one_error_line(capsys)
+        assert code == 2
+        assert "needs cvxpy, not installed" in line and 'pip install -e ".[nash-mtl]"' in line
+    assert not (tmp_path / "r").exists()

@@ -30,33 +30,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.data.arguments import (  # noqa: F401  (data_root & co. are this module's API too)
+    DATA_ROOT_ENV,
+    DEFAULT_DATA_ROOT,
+    VERIFY_ENV,
+    add_data_arguments,
+    add_data_parser,
+    apply_data_arguments,
+    data_root,
+    verify_checksums,
+)
 from bench.data.scenario import DataMissingError, Scenario, ScenarioShape, TaskSpec
 
 if TYPE_CHECKING:
     from bench.data.streaming import Key, LazySamples
     from bench.data.transforms import ClassificationPipeline
 
-DATA_ROOT_ENV = "BENCH_DATA_ROOT"
-VERIFY_ENV = "BENCH_VERIFY_CHECKSUMS"
-DEFAULT_DATA_ROOT = Path("data")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: the narrow ResNet of the ``smoke`` profiles
 SMOKE_WIDTHS = (8, 16, 32, 64)
-
-
-def data_root(explicit: str | Path | None = None) -> Path:
-    """The data root: ``explicit``, else ``$BENCH_DATA_ROOT``, else ``./data``."""
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    env = os.environ.get(DATA_ROOT_ENV)
-    return (Path(env).expanduser() if env else DEFAULT_DATA_ROOT).absolute()
-
-
-def verify_checksums() -> bool:
-    """Whether published checksums are enforced (``BENCH_VERIFY_CHECKSUMS``, default on)."""
-    return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
@@ -369,23 +361,6 @@ def download(url: str, dest: Path, md5: str | None = None, *, retries: int = 3,
 
 
 # ------------------------------------------------------------------ CLI
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--data-root`` and ``--no-verify`` (for ``run`` and ``data``)."""
-    parser.add_argument("--data-root", default=None,
-                        help=f"folder holding the real datasets (default ${DATA_ROOT_ENV} or "
-                             "./data)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="do not enforce published checksums (e.g. a re-packed release)")
-
-
-def apply_data_arguments(args: argparse.Namespace) -> None:
-    """Export ``--data-root`` / ``--no-verify`` to the environment (inherited by workers)."""
-    if getattr(args, "data_root", None):
-        os.environ[DATA_ROOT_ENV] = str(Path(args.data_root).expanduser())
-    if getattr(args, "no_verify", False):
-        os.environ[VERIFY_ENV] = "0"
-
-
 def _real_scenario(name: str) -> RealScenario:
     from bench.registry import scenarios
 
@@ -451,20 +426,6 @@ def cmd_data(args: argparse.Namespace) -> int:
         download(f.url, dest, f.md5 if verify else None)
         print(f"fetched  {f.path}", file=sys.stderr)
     return 0
-
-
-def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``python -m bench data check|download|list [NAME]``."""
-    p = subparsers.add_parser(
-        "data", help="check or download the papers' real datasets",
-        description="check: verify the layout (and published checksums) of a dataset and list "
-                    "what is missing; download: fetch it where a public URL exists "
-                    "(resumable, checksum-verified); list: the real-dataset scenarios.")
-    p.add_argument("action", choices=["check", "download", "list"])
-    p.add_argument("name", nargs="?", help="scenario name, e.g. medmnist_mola")
-    add_data_arguments(p)
-    p.set_defaults(func=cmd_data)
-    return p
 
 
 # ------------------------------------------------------------------ DomainBed folders

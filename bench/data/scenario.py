@@ -19,15 +19,10 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from bench.data import settings
+from bench.data.kinds import HETEROGENEITY_LABELS, Heterogeneity  # noqa: F401
 from bench.data.metrics import LOSS_VARIANTS, METRICS
 from bench.data.search import OPTIMISER_SPACE, Distribution
 
-Heterogeneity = Literal["domain", "multi_input", "single_input"]
-HETEROGENEITY_LABELS = {
-    "domain": "domain heterogeneity",
-    "multi_input": "multi-input task heterogeneity",
-    "single_input": "single-input task heterogeneity",
-}
 TaskKind = Literal["classification", "segmentation", "regression", "multilabel", "depth",
                    "normals", "saliency"]
 #: task kinds predicted once per sample (a vector), not per pixel

@@ -31,9 +31,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.settings import Settings, settings_from_defaults
-from bench.registry import Registry
-
-backbones: Registry[Any] = Registry("backbone")
+from bench.models.registries import backbones  # the registry, declared without torch
 
 #: keywords every builder takes from the scenario, not from ``--set backbone.*``
 SCENARIO_KWARGS = ("in_channels", "input_shape")

@@ -349,6 +349,10 @@ class WeightingSpec:
     #: heterogeneity types it applies to (None: all), e.g. the domain-generalisation weightings
     #: (GroupDRO, VREx, EQRM) over domains that share one label space
     scenarios: tuple[str, ...] | None = None
+    #: optional packages it needs (import names) and the install extra that brings them:
+    #: planning refuses it, naming the extra, when one is missing
+    requires: tuple[str, ...] = ()
+    extra: str = ""
 
     @property
     def settings_model(self) -> type[Settings]:

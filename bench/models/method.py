@@ -65,6 +65,10 @@ class IncompatibleError(ValueError):
     """A method that cannot run on a scenario; raised at planning time, before any training."""
 
 
+class ExtraMissingError(ValueError):
+    """A method whose optional dependencies are not installed (one line naming the extra)."""
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -292,9 +296,28 @@ def resolve_run_method(method: str, overrides: dict[str, Any] | None = None,
     """The method a run trains: ``method`` (a name or ``A+B``), then — under the ``paper``
     profile — its architecture's ``paper_scale`` overrides, then the user's ``overrides``."""
     spec = resolve_method(method)
+    check_installed(spec)
     if profile == PAPER_PROFILE and spec.arch_spec.paper_scale:
         spec = spec.with_overrides(spec.arch_spec.paper_scale)
     return spec.with_overrides(overrides)
+
+
+def check_installed(spec: MethodSpec) -> None:
+    """Raise :class:`ExtraMissingError` (one line naming the install extra) when the weighting
+    or architecture of ``spec`` needs an optional package that is not installed (e.g. Nash-MTL's
+    cvxpy: ``pip install -e ".[nash-mtl]"``)."""
+    import importlib.util
+
+    weighting = weightings.get(spec.weighting)
+    for part in (weighting, architectures.get(spec.architecture)):
+        requires: tuple[str, ...] = getattr(part, "requires", ())
+        missing = [name for name in requires if importlib.util.find_spec(name) is None]
+        if missing:
+            extra = getattr(part, "extra", "")
+            raise ExtraMissingError(
+                f"method {spec.name!r} needs {', '.join(missing)}, not installed: "
+                f'pip install -e ".[{extra}]" (from a checkout; else '
+                f'pip install "mtl-hetero-bench[{extra}]")')
 
 
 def check_settings(spec: MethodSpec, scenario: Scenario, profile: str | None = None) -> None:

@@ -26,6 +26,42 @@ def _pyplot() -> Any:
     return plt
 
 
+def _digest(*inputs: Any) -> str:
+    """What a figure is drawn from: its data, this module's and the families' source, and
+    matplotlib's version (read without importing it)."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=repr).encode())
+    for module in (__file__, families.__file__):
+        digest.update(Path(module).read_bytes())
+    digest.update(version("matplotlib").encode())
+    return f"bench-figure {digest.hexdigest()[:32]}"
+
+
+def drawn_from(path: Path) -> str | None:
+    """The digest a figure of this module records in its PNG ``Comment`` text chunk (None: no
+    such file or chunk). A figure whose digest is unchanged is not drawn again."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    pos = 8  # after the PNG signature: chunks of length, type, data, CRC
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"tEXt":
+            key, _, value = data[pos + 8:pos + 8 + length].partition(b"\0")
+            if key == b"Comment":
+                return value.decode("latin-1")
+        pos += 12 + length
+    return None
+
+
+def _save(fig: Any, path: Path, digest: str) -> None:
+    fig.savefig(path, metadata={"Software": None, "Comment": digest})
+
+
 def _close(a: list[tuple[int, int]], b: list[tuple[int, int]], rel: float = 0.01) -> bool:
     """Same task counts and parameter counts within ``rel`` (e.g. a few loss-scale weights)."""
     return [x for x, _ in a] == [x for x, _ in b] and all(
@@ -35,9 +71,6 @@ def _close(a: list[tuple[int, int]], b: list[tuple[int, int]], rel: float = 0.01
 def param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
     """Trainable parameters for 2...10 tasks, one curve per architecture (weightings do not
     change the count); False when no record has ``param_scaling``."""
-    import seaborn as sns
-
-    plt = _pyplot()
     curves: dict[str, list[tuple[int, int]]] = {}
     users: dict[str, list[str]] = defaultdict(list)
     for label in sorted(by_label):
@@ -52,8 +85,13 @@ def param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str
         users[key].append(label)
     if not curves:
         return False
+    digest = _digest("param_plot", title, curves, users)
+    if drawn_from(path) == digest:
+        return True
+    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
-    palette = sns.color_palette("tab10", len(curves))
+    tab10 = plt.get_cmap("tab10").colors  # seaborn's "tab10" palette, cycled
+    palette = [tab10[i % len(tab10)] for i in range(len(curves))]
     styles = ["-", "--", "-.", ":"]
     markers = ["o", "s", "^", "D", "v"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
@@ -70,7 +108,7 @@ def param_plot(by_label: dict[str, list[dict[str, Any]]], path: Path, title: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
+    _save(fig, path, digest)
     plt.close(fig)
     return True
 
@@ -95,19 +133,24 @@ def pareto_plot(table: Table, path: Path) -> bool:
     """The table's headline score (mean and 95 % interval over seeds) against its trainable
     parameters, one colour per family, the Pareto front as a step line; the front's methods
     and the references (HPS, Single-task) are named. False when no row has both."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     from bench.records import selection as sel
 
     rows = [r for r in table.rows if table.score(r) is not None and r.trainable]
     if not rows:
         return False
-    plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     points = [(r.trainable, table.score(r).mean) for r in rows]  # type: ignore[union-attr]
     front = pareto_front(points, table.higher_is_better)
     named = set(front) | {i for i, r in enumerate(rows) if r.label in REFERENCES}
+    drawn = [(r.label, r.family, r.trainable, table.score(r)) for r in rows]
+    digest = _digest("pareto_plot", drawn, sorted(named), table.scenario, table.rule,
+                     table.headline_label, table.higher_is_better)
+    if drawn_from(path) == digest:
+        return True
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     seen: set[str] = set()
     for i, row in enumerate(rows):
         score = table.score(row)
@@ -146,6 +189,6 @@ def pareto_plot(table: Table, path: Path) -> bool:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
+    _save(fig, path, digest)
     plt.close(fig)
     return True

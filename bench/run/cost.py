@@ -15,6 +15,10 @@
 * Counting runs the real code but replaces the expensive kernels by outputs of the right shape
   (:class:`ShapeOnlyKernels`): FLOPs depend on shapes only, and counting a ResNet-18 step at 224²
   then costs a fraction of running it (the counts are the same, a test).
+* The counts of a (method identity, scenario shape, forward) are kept on disk
+  (:func:`cache_dir`, one JSON file each, keyed with :func:`code_version`): a second dry run
+  reads them instead of counting again; any change of the package's or the plugins' source, or
+  of torch's version, counts anew.
 * :func:`device_rate` measures this device's FLOP/s on a fixed ResNet-18 step counted the same
   way, so that a run's time ≈ its FLOPs / the rate. Small models on a CPU are overhead-bound: the
   estimate is then well below the wall time (the README gives the measured ratio).
@@ -23,6 +27,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import statistics
@@ -32,6 +38,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +54,8 @@ from tqdm import tqdm
 
 from bench.data.scenario import ScenarioData, ScenarioShape, Split, TaskSpec, TrainingSetup
 from bench.models.method import MethodSpec, build_model
+from bench.records import write_json_atomic
+from bench.registry import plugin_files
 from bench.run.engine import (
     backward_step,
     compute_losses,
@@ -365,11 +374,65 @@ def eval_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup, spl
 
 
 def _method_flops(spec: MethodSpec, shape: ScenarioShape, setup: TrainingSetup) -> MethodFlops:
+    """:func:`method_flops`, kept in memory and on disk (:func:`cache_dir`) per method identity,
+    scenario shape, forward kind and :func:`code_version`."""
     key = (canonical_json(spec.identity()), shape.name, canonical_json(_shape_key(shape)),
-           str(fused_forward(spec, shape.multi_input, setup)))
+           str(fused_forward(spec, shape.multi_input, setup)), code_version())
     if key not in _METHOD_CACHE:
-        _METHOD_CACHE[key] = method_flops(spec, shape, setup)
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        path = cache_dir() / "flops" / f"{name}.json"
+        flops = _read_counts(path, key)
+        if flops is None:
+            flops = method_flops(spec, shape, setup)
+            _write_counts(path, key, flops)
+        _METHOD_CACHE[key] = flops
     return _METHOD_CACHE[key]
+
+
+CACHE_ENV = "BENCH_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where counted FLOPs are kept: ``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME`` (default
+    ``~/.cache``) ``/mtl-hetero-bench``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "mtl-hetero-bench"
+
+
+@cache
+def code_version() -> str:
+    """A digest of what counted FLOPs depend on besides the method and the shape: the source of
+    the ``bench`` package and of every plugin file, and torch's version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    package = Path(__file__).resolve().parents[1]
+    for path in [*sorted(package.rglob("*.py")), *plugin_files()]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_counts(path: Path, key: tuple[str, ...]) -> MethodFlops | None:
+    """The counts stored at ``path`` for ``key`` (None: absent, unreadable or another key)."""
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") != list(key):
+            return None
+        return MethodFlops(LinearFlops(**stored["step"]), LinearFlops(**stored["evaluation"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_counts(path: Path, key: tuple[str, ...], flops: MethodFlops) -> None:
+    """Store ``flops`` for ``key`` (atomically); a cache that cannot be written is skipped."""
+    record = {"key": list(key), "step": vars(flops.step), "evaluation": vars(flops.evaluation)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+    except OSError:
+        pass
 
 
 def _shape_key(shape: ScenarioShape) -> dict[str, Any]:
@@ -519,6 +582,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["LinearFlops", "MethodFlops", "RunCost", "ShapeOnlyKernels", "count_flops",
-           "device_rate", "eval_flops", "method_flops", "plan_flops", "run_flops",
-           "scenario_shape", "step_flops", "synthetic_data"]
+__all__ = ["LinearFlops", "MethodFlops", "RunCost", "ShapeOnlyKernels", "cache_dir",
+           "code_version", "count_flops", "device_rate", "eval_flops", "method_flops",
+           "plan_flops", "run_flops", "scenario_shape", "step_flops", "synthetic_data"]

@@ -1,0 +1,159 @@
+"""Instant commands: ``list``, every ``--help``, ``results check`` and ``leaderboard`` import no
+training stack (torch, torchvision, timm, LibMTL, torchjd, scikit-learn, cvxpy), because the
+registries read the plugin files' registrations from their source (``bench.registry``) and the
+heavy imports wait for the functions that need them.
+
+Each command runs in a fresh interpreter that reports the modules it imported; the listings
+read that way must equal what importing every plugin registers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+#: what an instant command must not import (top-level package names)
+HEAVY = ("torch", "torchvision", "timm", "LibMTL", "torchjd", "sklearn", "cvxpy", "pandas",
+         "seaborn")
+#: runs ``bench.cli.main`` with argv and prints the heavy modules it imported, as JSON
+PROBE = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from bench.cli import main
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = main(sys.argv[1:])
+        except SystemExit as exit:  # --help
+            code = exit.code
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+    print(json.dumps({"code": code, "heavy": heavy}))
+""")
+
+
+def _probe(args: list[str], cwd: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != registry.PLUGIN_PATH_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder of one scenario's committed records (few: the leaderboard is quick)."""
+    target = tmp_path_factory.mktemp("results")
+    source = ROOT / "results" / "default" / "digits_domains"
+    for path in sorted(source.glob("hps/*.json")) + sorted(source.glob("single_task/*.json")):
+        dest = target / path.relative_to(ROOT / "results")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    return target
+
+
+COMMANDS = [
+    *(["list", what] for what in ("methods", "scenarios", "architectures", "weightings",
+                                  "backbones", "ablations")),
+    ["list", "methods", "mola"],
+    ["--help"],
+    *([command, "--help"] for command in ("list", "run", "leaderboard", "results", "perf",
+                                          "data")),
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_list_and_help_import_no_training_stack(args: list[str], tmp_path: Path) -> None:
+    result = _probe(args, tmp_path)
+    assert result["code"] == 0
+    assert result["heavy"] == []
+
+
+@pytest.mark.parametrize("args", [["results", "check"], ["leaderboard", "--output", "-"]],
+                         ids=" ".join)
+def test_records_commands_import_no_training_stack(args: list[str], records: Path,
+                                                   tmp_path: Path) -> None:
+    result = _probe([*args, "--results-dir", str(records)], tmp_path)
+    assert result["code"] == 0
+    assert result["heavy"] == []
+
+
+def test_declarations_read_from_source_equal_the_registrations() -> None:
+    """Every built-in plugin file's registrations can be read without importing it, and what is
+    read (names, descriptions, a scenario's heterogeneity) is what importing registers."""
+    unreadable = [p.name for p in registry.plugin_files() if not registry.declarations_in(p)[1]]
+    assert unreadable == []
+    regs = [registry.methods, registry.architectures, registry.weightings, registry.scenarios]
+    declared = {reg.kind: reg.declared() for reg in regs}
+    registry.load_plugins()
+    for reg in regs:
+        assert sorted(declared[reg.kind]) == sorted(reg.entries), reg.kind
+        for name, decl in declared[reg.kind].items():
+            assert decl.description == reg.entries[name].description, (reg.kind, name)
+    for name, decl in declared["scenario"].items():
+        assert decl.attributes["heterogeneity"] == registry.scenarios.get(name).heterogeneity
+    assert len(declared["method"]) == 56
+
+
+def test_backbones_are_declared_by_their_modules() -> None:
+    from bench.models.registries import backbones
+
+    declared = backbones.declared()
+    import bench.models.backbones  # noqa: F401  (registers resnet, resnet18, timm_resnet18)
+    import bench.models.mtlora  # noqa: F401  (registers swin_embedded, swin_t)
+
+    assert sorted(declared) == sorted(backbones.entries)
+    assert {n: d.description for n, d in declared.items()} == {
+        n: e.description for n, e in backbones.entries.items()}
+
+
+def test_a_registration_that_cannot_be_read_imports_its_file(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """A computed name (a loop) is not readable: listing imports that file, as before."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "looped.py").write_text(textwrap.dedent('''
+        """Scenarios registered in a loop (names computed)."""
+        from bench.registry import scenarios
+
+        for suffix in ("a", "b"):
+            scenarios.add(f"looped_{suffix}", object(), "a looped registration")
+    '''))
+    (plugins / "plain.py").write_text(textwrap.dedent('''
+        """A literal registration: read, not imported, until used."""
+        from bench.registry import scenarios
+
+        scenarios.add("plain_one", object(), "a literal registration")
+        raise RuntimeError("imported")
+    '''))
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
+    try:
+        assert registry.declarations_in(plugins / "looped.py") == ([], False)
+        assert {"looped_a", "looped_b", "plain_one"} <= set(registry.scenarios.list("*_*"))
+        assert registry.scenarios.describe("plain_one") == "a literal registration"
+        assert "plain_one" in registry.scenarios and "plain_one" not in registry.scenarios.entries
+        with pytest.raises(RuntimeError, match="imported"):
+            registry.scenarios.get("plain_one")
+    finally:
+        for name in ("looped_a", "looped_b", "plain_one"):
+            registry.scenarios.entries.pop(name, None)
+
+
+def test_the_same_name_declared_by_two_files_is_refused(tmp_path: Path, monkeypatch) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for stem in ("one", "two"):
+        (plugins / f"{stem}.py").write_text(
+            'from bench.api import register_method\n'
+            'register_method("twice_m", architecture="hps", weighting="ew", description="d")\n')
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
+    with pytest.raises(ValueError, match="'twice_m' is registered twice"):
+        registry.methods.list()
