@@ -172,3 +172,9 @@ def test_a_method_whose_extra_is_missing_is_refused_in_one_line(tmp_path: Path, 
         assert code == 2
         assert "needs cvxpy, not installed" in line and 'pip install -e ".[nash-mtl]"' in line
     assert not (tmp_path / "r").exists()
+    # --all plans every other method and lists the ones whose extra is missing as skipped
+    code = main(["run", "--all", "--suite", "full", "--scenario", "digits_tasks", "--seeds", "0",
+                 "--profile", "smoke", "--dry-run", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "skipped nash_mtl on digits_tasks: method 'nash_mtl' needs cvxpy" in err

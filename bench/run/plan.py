@@ -20,6 +20,7 @@ from bench.data.scenario import DataMissingError, Scenario, TrainingSetup
 from bench.data.settings import SettingsError, UnknownSettingError
 from bench.models.backbones import weights_problem
 from bench.models.method import (
+    ExtraMissingError,
     IncompatibleError,
     MethodSpec,
     check_compatible,
@@ -315,7 +316,13 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
                 continue
             plan.missing_data.append((scenario, str(err)))
         for method in method_list:
-            spec = resolve_run_method(method, overrides, profile)
+            try:
+                spec = resolve_run_method(method, overrides, profile)
+            except ExtraMissingError as err:  # --all: the methods whose extras are installed
+                if method_names:
+                    raise
+                plan.skipped.append((method, scenario, str(err)))
+                continue
             try:
                 check_compatible(spec, scen, profile)
             except IncompatibleError as err:
