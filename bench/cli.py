@@ -193,6 +193,7 @@ def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: A
     """Announce ``the_plan`` (done / to run, skips, missing data and weights), then list it
     (``--dry-run``, with the estimated cost of the runs to do and of ``extra_estimate``) or run
     it with a progress bar; returns the exit code (1 when a run failed) and the summary."""
+    from bench.run.pool import Terminated, sigterm_raises
     from bench.run.sweep import execute, pending
 
     retry = not args.no_retry_failed
@@ -240,8 +241,17 @@ def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: A
         bar.update(1)
 
     start = time.perf_counter()
-    summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
-                      backend=engine, progress_runs=args.progress_runs, retry_failed=retry)
+    try:
+        with sigterm_raises():  # `kill PID`: stopped like Ctrl-C, exit code 143
+            summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
+                              backend=engine, progress_runs=args.progress_runs,
+                              retry_failed=retry,
+                              threads=getattr(args, "threads", None))
+    except Terminated:
+        bar.close()
+        print("terminated (SIGTERM): the runs in flight were stopped and left no record; "
+              "finished runs are saved; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(143) from None
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
@@ -303,6 +313,9 @@ def _backend(args: argparse.Namespace) -> Any:
     slurm_given = [f"--slurm-{key}" for key, value in slurm.items() if value is not None]
     if args.backend != "slurm" and slurm_given:
         raise UsageError(f"{', '.join(slurm_given)} needs --backend slurm")
+    if args.backend != "local" and getattr(args, "threads", None) is not None:
+        raise UsageError("--threads needs --backend local (Dask and Ray workers split their "
+                         "cores, a Slurm job uses its cpus_per_task)")
     if args.backend == "local":
         if args.scheduler is not None:
             raise UsageError("--scheduler needs --backend dask or ray")
@@ -353,7 +366,8 @@ def _print_estimate(todo: list[Any], results_dir: Path, args: argparse.Namespace
         parts.append(f"{len(recorded)} from earlier records {_duration(seconds)}")
     if costs:
         device = default_device()
-        threads = max(1, cores // args.jobs) if local and device.type == "cpu" else None
+        threads = (getattr(args, "threads", None) or max(1, cores // args.jobs)
+                   if local and device.type == "cpu" else None)
         rate = device_rate(device, threads)
         flops = sum(cost.flops for cost in costs.values())
         seconds += flops / rate
@@ -549,8 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "
                         "'paper' (the papers' setups on their real datasets, see `bench data`)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="parallel runs (joblib); torch threads are split between them "
-                        "(default: number of cores)")
+                   help="parallel runs (long-lived local worker processes); torch threads are "
+                        "split between them (default: number of cores)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per run with --backend local (default: the cores "
+                        "split between the --jobs workers, at least 1; torch's default with "
+                        "--jobs 1); recorded in each record's host.threads")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a hyper-parameter: arch.NAME, weighting.NAME, train.NAME, "
                         "or the encoder with backbone.name / backbone.KWARG (repeatable), e.g. "
@@ -568,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-runs", action="store_true",
                    help="also show a bar of training steps for each run in flight")
     p.add_argument("--backend", choices=["local", "dask", "ray", "slurm"], default="local",
-                   help="where runs execute: local joblib workers (default), a Dask or Ray "
+                   help="where runs execute: local worker processes (default), a Dask or Ray "
                         "cluster, or Slurm jobs through submitit; --jobs = workers / CPUs / "
                         "jobs at a time (pip install 'mtl-hetero-bench[distributed]')")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -626,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     from bench.data.real import apply_data_arguments
 
     apply_data_arguments(args)  # --data-root / --no-verify reach workers through the env
