@@ -149,6 +149,10 @@ def _progress_bar(total: int, initial: int) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.backend == "local" and args.jobs > 1 and not args.dry_run:
+        from bench.run.pool import SWEEP_PRELOAD, warm_up
+
+        warm_up(SWEEP_PRELOAD)  # the workers' fork server imports torch while we plan
     from bench.run import plan as planning
 
     seeds = _seeds(args.seeds)

@@ -9,9 +9,12 @@ Ctrl-C, SIGTERM turned into :class:`Terminated`) stops the workers: SIGTERM, whi
 into ``SystemExit`` (its run releases its lock and writes nothing), then SIGKILL after
 :data:`STOP_GRACE_S`.
 
-Workers are started with ``spawn`` (never ``fork`` of a parent whose torch threads may be
-running) and ask the kernel for SIGTERM when the sweep dies (Linux ``PR_SET_PDEATHSIG``), so a
-sweep killed with ``kill -9`` leaves no worker training either.
+Workers are forked by a ``forkserver`` (``spawn`` where there is none), never ``fork`` of a
+parent whose torch threads may be running. The fork server imports the ``preload`` modules
+(torch, the engine) once; :func:`warm_up` starts it early, so that it imports them while the
+sweep is still planning. Workers ask the kernel for SIGTERM when their parent dies (Linux
+``PR_SET_PDEATHSIG``; the fork server ends with the sweep), so a sweep killed with ``kill -9``
+leaves no worker training either.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -65,10 +68,11 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent() -> None:
     """SIGTERM this process when its parent dies (Linux; elsewhere nothing)."""
     if not sys.platform.startswith("linux"):
         return
+    parent = os.getppid()
     try:
         import ctypes
 
@@ -80,14 +84,38 @@ def _die_with_parent(parent: int) -> None:
         raise SystemExit(0)
 
 
+def context(preload: Sequence[str] = ()) -> Any:
+    """The ``forkserver`` multiprocessing context, its server importing ``preload`` (set only
+    before it starts), or ``spawn`` where there is no fork server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
+def warm_up(preload: Sequence[str]) -> None:
+    """Start the fork server now (it imports ``preload`` meanwhile): call it before the slow
+    part of a sweep's start (planning) so that the workers start at once afterwards."""
+    if context(preload).get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+#: what a sweep's workers import before their first run (absent ones are passed over); this
+#: module imports only the standard library, so that ``run`` starts the fork server first thing
+SWEEP_PRELOAD = ("torch", "torchvision", "timm", "torchjd", "bench.run.engine",
+                 "bench.run.worker", "bench.run.sweep", "bench.run.pool")
+
+
 def _serve_worker(conn: multiprocessing.connection.Connection, task: Callable[[Any], Any],
-                  initializer: Callable[..., None] | None, initargs: tuple[Any, ...],
-                  parent: int) -> None:
+                  initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     """A worker's life: initialize, say ``ready``, then ``task(item)`` for each item received
     until ``None`` or the parent's end closes."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        _die_with_parent(parent)
+        _die_with_parent()
         if initializer is not None:
             initializer(*initargs)
         conn.send(("ready", os.getpid()))
@@ -133,16 +161,17 @@ def describe_exit(code: int | None) -> str:
 def serve(items: list[T], task: Callable[[T], Any], workers: int,
           on_lost: Callable[[T, str, float, float], Any],
           initializer: Callable[..., None] | None = None,
-          initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
-    """Yield ``task(item)`` for every item, computed by ``workers`` long-lived ``spawn``
-    processes, in the order they finish.
+          initargs: tuple[Any, ...] = (), preload: Sequence[str] = ()) -> Iterator[Any]:
+    """Yield ``task(item)`` for every item, computed by ``workers`` long-lived processes
+    (:func:`context`), in the order they finish.
 
-    ``task`` and ``initializer`` must be importable (module-level) functions. An item whose
+    ``task`` and ``initializer`` must be importable (module-level) functions; the workers get
+    the environment of the fork server (pass what matters in ``initargs``). An item whose
     worker died or whose ``task`` raised yields ``on_lost(item, error, started_at, seconds)``
     (called in this process; ``started_at`` is the ``time.time()`` the item was handed over).
     Close the generator (``contextlib.closing``) to stop the workers early.
     """
-    ctx = multiprocessing.get_context("spawn")
+    ctx = context(preload)
     queue = collections.deque(items)
     pool: list[_Worker[T]] = []
     start_failures = 0
@@ -150,7 +179,7 @@ def serve(items: list[T], task: Callable[[T], Any], workers: int,
     def start() -> None:
         here, there = ctx.Pipe(duplex=True)
         process = ctx.Process(target=_serve_worker, name="bench-worker",
-                              args=(there, task, initializer, initargs, os.getpid()))
+                              args=(there, task, initializer, initargs))
         process.start()
         there.close()
         pool.append(_Worker(process, here))
@@ -237,5 +266,5 @@ def _stop(pool: list[_Worker[Any]]) -> None:
         worker.conn.close()
 
 
-__all__ = ["MAX_START_FAILURES", "STOP_GRACE_S", "Terminated", "describe_exit", "serve",
-           "sigterm_raises"]
+__all__ = ["MAX_START_FAILURES", "STOP_GRACE_S", "SWEEP_PRELOAD", "Terminated", "context",
+           "describe_exit", "serve", "sigterm_raises", "warm_up"]

@@ -41,8 +41,11 @@ def default_threads(jobs: int) -> int:
     return max(1, cores() // max(jobs, 1))
 
 
-def _init_worker(threads: int) -> None:
-    """A local worker's start: torch, the engine and the registries (plugins) imported once."""
+def _init_worker(threads: int, env: dict[str, str]) -> None:
+    """A local worker's start: the sweep's environment (the fork server's may be older), torch's
+    threads, the registries (plugins) loaded once."""
+    os.environ.clear()
+    os.environ.update(env)
     import torch
 
     torch.set_num_threads(threads)
@@ -131,7 +134,7 @@ def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
         finally:
             torch.set_num_threads(previous)
     else:
-        from bench.run.pool import serve
+        from bench.run.pool import SWEEP_PRELOAD, serve
 
         workers = min(jobs, len(todo))
         per_run = threads or default_threads(workers)
@@ -144,7 +147,7 @@ def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
         task = functools.partial(run_one, results_dir=folder, threads=per_run,
                                  progress=progress_runs)
         with contextlib.closing(serve(todo, task, workers, lost, _init_worker,
-                                      (per_run,))) as results:
+                                      (per_run, dict(os.environ)), SWEEP_PRELOAD)) as results:
             for res in results:
                 collect(res)
     summary.wall_time_s = time.perf_counter() - start
