@@ -519,7 +519,7 @@ def _verify(root: Path, k: int) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import main as perf_main
 
-    return perf_main(repeats=args.repeats)
+    return perf_main(repeats=args.repeats, jobs_scaling=args.jobs_scaling)
 
 
 # ------------------------------------------------------------------ parser
@@ -634,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--jobs-scaling", action="store_true",
+                   help="instead: whole sweeps with --jobs 1 vs 2 (smoke --all, a default-profile "
+                        "slice), interleaved, as median [min, max] of the speed-up (slow)")
     p.set_defaults(func=cmd_perf)
 
     add_data_parser(sub)  # python -m bench data check|download|list [NAME]
