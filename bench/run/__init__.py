@@ -8,7 +8,8 @@
 * :mod:`~bench.run.engine` — one run: build the model, train, select the epoch, evaluate.
 * :mod:`~bench.run.worker` — one run in a worker: claim, train, write the record.
 * :mod:`~bench.run.locks` — atomic lock files that let sweeps share a results folder.
-* :mod:`~bench.run.sweep` — executes a plan locally (joblib) or on a backend; skips done runs.
+* :mod:`~bench.run.sweep` — executes a plan locally or on a backend; skips done runs.
+* :mod:`~bench.run.pool` — long-lived local worker processes (a killed one fails its run only).
 * :mod:`~bench.run.backends` — Dask, Ray and Slurm (submitit) backends.
 * :mod:`~bench.run.cost` — counted FLOPs of a run (``--dry-run``'s estimate).
 
