@@ -418,6 +418,11 @@ def test_backend_flag_errors_exit_2_before_anything_runs(tmp_path: Path, capsys)
     assert "--slurm-gpus needs --backend slurm" in capsys.readouterr().err
     assert _small_sweep(results, "--scheduler", "tcp://localhost:8786") == 2
     assert "--scheduler needs --backend dask or ray" in capsys.readouterr().err
+    assert _small_sweep(results, "--backend", "dask", "--threads", "2") == 2
+    assert "--threads needs --backend local" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _small_sweep(results, "--threads", "0")
+    assert "--threads must be at least 1" in capsys.readouterr().err
     config = tmp_path / "slurm.json"
     config.write_text(json.dumps({"partition": "gpu", "walltime": 5}))
     pytest.importorskip("submitit", reason="submitit not installed (the distributed extra)")
