@@ -148,6 +148,10 @@ def _progress_bar(total: int, initial: int) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.backend == "local" and args.jobs > 1 and not args.dry_run:
+        from bench.run.pool import SWEEP_PRELOAD, warm_up
+
+        warm_up(SWEEP_PRELOAD)  # the workers' fork server imports torch while we plan
     from bench.run import plan as planning
 
     seeds = _seeds(args.seeds)
@@ -192,6 +196,7 @@ def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: A
     """Announce ``the_plan`` (done / to run, skips, missing data and weights), then list it
     (``--dry-run``, with the estimated cost of the runs to do and of ``extra_estimate``) or run
     it with a progress bar; returns the exit code (1 when a run failed) and the summary."""
+    from bench.run.pool import Terminated, sigterm_raises
     from bench.run.sweep import execute, pending
 
     retry = not args.no_retry_failed
@@ -239,8 +244,17 @@ def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: A
         bar.update(1)
 
     start = time.perf_counter()
-    summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
-                      backend=engine, progress_runs=args.progress_runs, retry_failed=retry)
+    try:
+        with sigterm_raises():  # `kill PID`: stopped like Ctrl-C, exit code 143
+            summary = execute(the_plan.runs, results_dir, jobs=args.jobs, on_result=on_result,
+                              backend=engine, progress_runs=args.progress_runs,
+                              retry_failed=retry,
+                              threads=getattr(args, "threads", None))
+    except Terminated:
+        bar.close()
+        print("terminated (SIGTERM): the runs in flight were stopped and left no record; "
+              "finished runs are saved; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(143) from None
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed / 60:.1f} min: {summary.count('ok')} ok, "
@@ -302,6 +316,9 @@ def _backend(args: argparse.Namespace) -> Any:
     slurm_given = [f"--slurm-{key}" for key, value in slurm.items() if value is not None]
     if args.backend != "slurm" and slurm_given:
         raise UsageError(f"{', '.join(slurm_given)} needs --backend slurm")
+    if args.backend != "local" and getattr(args, "threads", None) is not None:
+        raise UsageError("--threads needs --backend local (Dask and Ray workers split their "
+                         "cores, a Slurm job uses its cpus_per_task)")
     if args.backend == "local":
         if args.scheduler is not None:
             raise UsageError("--scheduler needs --backend dask or ray")
@@ -352,7 +369,8 @@ def _print_estimate(todo: list[Any], results_dir: Path, args: argparse.Namespace
         parts.append(f"{len(recorded)} from earlier records {_duration(seconds)}")
     if costs:
         device = default_device()
-        threads = max(1, cores // args.jobs) if local and device.type == "cpu" else None
+        threads = (getattr(args, "threads", None) or max(1, cores // args.jobs)
+                   if local and device.type == "cpu" else None)
         rate = device_rate(device, threads)
         flops = sum(cost.flops for cost in costs.values())
         seconds += flops / rate
@@ -506,7 +524,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import main as perf_main
 
-    return perf_main(repeats=args.repeats)
+    return perf_main(repeats=args.repeats, jobs_scaling=args.jobs_scaling)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -587,8 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'smoke' (seconds, for tests), 'default' (the embedded benchmark), "
                         "'paper' (the papers' setups on their real datasets, see `bench data`)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="parallel runs (joblib); torch threads are split between them "
-                        "(default: number of cores)")
+                   help="parallel runs (long-lived local worker processes); torch threads are "
+                        "split between them (default: number of cores)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per run with --backend local (default: the cores "
+                        "split between the --jobs workers, at least 1; torch's default with "
+                        "--jobs 1); recorded in each record's host.threads")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a hyper-parameter: arch.NAME, weighting.NAME, train.NAME, "
                         "or the encoder with backbone.name / backbone.KWARG (repeatable), e.g. "
@@ -606,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-runs", action="store_true",
                    help="also show a bar of training steps for each run in flight")
     p.add_argument("--backend", choices=["local", "dask", "ray", "slurm"], default="local",
-                   help="where runs execute: local joblib workers (default), a Dask or Ray "
+                   help="where runs execute: local worker processes (default), a Dask or Ray "
                         "cluster, or Slurm jobs through submitit; --jobs = workers / CPUs / "
                         "jobs at a time (pip install 'mtl-hetero-bench[distributed]')")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -650,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--jobs-scaling", action="store_true",
+                   help="instead: whole sweeps with --jobs 1 vs 2 (smoke --all, a default-profile "
+                        "slice), interleaved, as median [min, max] of the speed-up (slow)")
     p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser(
@@ -683,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     from bench.data.arguments import apply_data_arguments
 
     apply_data_arguments(args)  # --data-root / --no-verify reach workers through the env

@@ -6,6 +6,7 @@ reference, so the numbers are comparable whatever the machine's speed. Nothing h
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -231,7 +232,64 @@ def mola_conv_benchmark(repeats: int = 5, batch: int = 128, channels: int = 256,
         torch.set_num_threads(old_threads)
 
 
-def main(repeats: int = 5) -> int:
+#: the sweeps of :func:`jobs_scaling_benchmark`: (name, ``run`` arguments)
+JOBS_WORKLOADS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("run --all --profile smoke", ("--all", "--profile", "smoke")),
+    ("default profile, hps,pcgrad on digits_domains, seeds 0,1",
+     ("--method", "hps,pcgrad", "--scenario", "digits_domains", "--seeds", "0,1")),
+)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def jobs_scaling_benchmark(repeats: int = 3, jobs: tuple[int, int] = (1, 2),
+                           workloads: tuple[tuple[str, tuple[str, ...]], ...] = JOBS_WORKLOADS,
+                           ) -> list[dict[str, Any]]:
+    """Wall time of whole ``python -m bench run`` sweeps with ``--jobs`` ``jobs[0]`` (A) and
+    ``jobs[1]`` (B), each in a fresh results folder, interleaved A B A B ...; returns a row per
+    workload with each repeat's times, the ratios A/B (speed-up) and their median, min and max.
+    Printed as it goes: a shared machine is noisy, so the load average is shown too."""
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = []
+    for name, args in workloads:
+        times: dict[int, list[float]] = {j: [] for j in jobs}
+        for repeat in range(repeats):
+            for j in jobs:
+                with tempfile.TemporaryDirectory() as tmp:
+                    cmd = [sys.executable, "-m", "bench", "run", *args, "--jobs", str(j),
+                           "--results-dir", str(Path(tmp) / "r")]
+                    load = _load()
+                    start = time.perf_counter()
+                    done = subprocess.run(cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True)
+                    seconds = time.perf_counter() - start
+                times[j].append(seconds)
+                note = "" if done.returncode == 0 else f" (exit {done.returncode})"
+                print(f"  {name}: repeat {repeat + 1}, --jobs {j}: {seconds:.1f} s{note}, "
+                      f"load average before {load}", flush=True)
+        ratios = [a / b for a, b in zip(times[jobs[0]], times[jobs[1]])]
+        rows.append({"benchmark": name, "jobs": jobs, "times": times, "ratios": ratios,
+                     "median": statistics.median(ratios), "min": min(ratios),
+                     "max": max(ratios)})
+        print(f"{name}: --jobs {jobs[0]} / --jobs {jobs[1]} wall time = "
+              f"x{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] "
+              f"(median [min, max] of {repeats} interleaved pairs)", flush=True)
+    return rows
+
+
+def main(repeats: int = 5, jobs_scaling: bool = False) -> int:
+    if jobs_scaling:  # minutes per repeat: whole sweeps, not part of the default comparisons
+        print(f"{os.cpu_count()} cores; sweeps timed whole, A B A B ...")
+        jobs_scaling_benchmark(repeats)
+        return 0
     rows: list[dict[str, Any]] = []
     rows += multi_input_forward_benchmark(repeats)
     rows += precision_benchmark(repeats)

@@ -23,7 +23,7 @@ from bench import registry
 from bench.cli import main
 from bench.records import load_records, record_path
 from bench.report import render
-from bench.run.locks import _lock_owner, claim
+from bench.run.locks import _lock_owner, _pid_alive, claim
 from bench.run.plan import make_run
 from bench.run.sweep import execute
 from bench.run.worker import run_one
@@ -418,6 +418,11 @@ def test_backend_flag_errors_exit_2_before_anything_runs(tmp_path: Path, capsys)
     assert "--slurm-gpus needs --backend slurm" in capsys.readouterr().err
     assert _small_sweep(results, "--scheduler", "tcp://localhost:8786") == 2
     assert "--scheduler needs --backend dask or ray" in capsys.readouterr().err
+    assert _small_sweep(results, "--backend", "dask", "--threads", "2") == 2
+    assert "--threads needs --backend local" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _small_sweep(results, "--threads", "0")
+    assert "--threads must be at least 1" in capsys.readouterr().err
     config = tmp_path / "slurm.json"
     config.write_text(json.dumps({"partition": "gpu", "walltime": 5}))
     pytest.importorskip("submitit", reason="submitit not installed (the distributed extra)")
@@ -494,3 +499,120 @@ def test_remote_tasks_get_the_submitters_data_settings(monkeypatch) -> None:
         monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
         task(*args)
     assert seen == ["/data/on/the/cluster"] * 3
+
+
+# ---------------------------------------------------------------- local worker processes
+def test_local_workers_are_reused_and_a_killed_one_loses_its_item_only() -> None:
+    """Deterministic: the item ``"die"`` SIGKILLs its worker. Every other item is done, by
+    long-lived workers (2, plus one replacing the killed one); the lost item and the one that
+    raised come back through ``on_lost`` with why."""
+    from pool_tasks import whoami
+
+    from bench.run.pool import serve
+
+    lost: list[tuple[object, str]] = []
+
+    def on_lost(item: object, error: str, started_at: float, seconds: float) -> tuple:
+        assert started_at <= time.time() and seconds >= 0
+        lost.append((item, error))
+        return item, None
+
+    items: list[object] = [0, 1, "die", 2, 3, "raise", 4, 5, 6, 7]
+    results = list(serve(items, whoami, 2, on_lost))
+    assert sorted(map(str, (item for item, _ in results))) == sorted(map(str, items))
+    pids = {pid for _, pid in results if pid is not None}
+    assert 1 <= len(pids) <= 3, pids  # 8 items done by at most 3 processes
+    assert [item for item, _ in lost] == ["die", "raise"]
+    assert "died in this run (killed by SIGKILL" in lost[0][1]
+    assert lost[1][1] == "the worker raised ValueError: asked to raise"
+    assert not [p for p in pids if _pid_alive(p)], "workers stopped at the end"
+
+
+def _sweep_cmd(results: Path, jobs: int, seeds: str = "0,1,2") -> list[str]:
+    return [sys.executable, "-m", "bench", "run", "--method", "hps", "--scenario", SCENARIO,
+            "--seeds", seeds, "--profile", "smoke", "--jobs", str(jobs), "--results-dir",
+            str(results), "--leaderboard", str(results.parent / "lb.md")]
+
+
+def test_a_local_worker_killed_mid_sweep_fails_its_run_only(tmp_path: Path, capsys) -> None:
+    """Deterministic (``$BENCH_TEST_FAULT``): of 2 workers, one SIGKILLs itself in the run of
+    seed 1. The other's run goes on: seed 1 is recorded as failed (exit 1), the summary and the
+    leaderboard are written, no lock is left; the next identical command retries seed 1 only."""
+    from bench.run.sweep import default_threads
+
+    results = tmp_path / "r"
+    env = {**_env(), "BENCH_TEST_FAULT": "kill:train:hps:1"}
+    env.pop("OMP_NUM_THREADS")  # the workers' threads come from the sweep
+    done = subprocess.run(_sweep_cmd(results, 2, "0,1"), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert "FAILED hps on digits_domains seed 1: local worker process" in done.stderr
+    assert "died in this run (killed by SIGKILL" in done.stderr
+    assert "done in" in done.stderr and "1 ok, 0 diverged, 1 failed" in done.stderr
+    assert "hps: seed 1: failed" in (tmp_path / "lb.md").read_text()
+    records = {r["seed"]: r for r in _one_record_per_run(results, 2)}  # and no lock left
+    assert [records[s]["status"] for s in (0, 1)] == ["ok", "failed"]
+    assert {r["host"]["threads"] for r in records.values()} == {default_threads(2)}
+    assert main(_sweep_cmd(results, 2, "0,1")[3:]) == 0  # in this process: one run to do
+    assert "(1 already done, 1 to run, 1 of them failed or diverged before: retried)" in \
+        capsys.readouterr().err
+    records = {r["seed"]: r for r in _one_record_per_run(results, 2)}
+    assert records[1]["status"] == "ok"
+    assert "killed by SIGKILL" in records[1]["attempts"][0]["error"]
+
+
+def test_a_run_whose_worker_died_is_recorded_failed_unless_its_record_was_written(
+        tmp_path: Path) -> None:
+    """What the sweep records for a run whose worker died (:func:`record_lost`): a worker killed
+    between writing the record and releasing its lock leaves the record as it is (its lock is
+    removed); one killed in the run leaves a failed record, keeping an older one's error."""
+    from bench.run.worker import record_lost
+
+    done, lost = make_run("hps", SCENARIO, 0, "smoke"), make_run("hps", SCENARIO, 1, "smoke")
+    assert run_one(done, str(tmp_path))["status"] == "ok"
+    paths = [record_path(tmp_path, r.profile, r.scenario, r.display, r.seed, r.config_hash)
+             for r in (done, lost)]
+    written = paths[0].read_bytes()
+    for path in paths:  # the dead workers' locks
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(path.name + ".lock").write_text(f"{socket.gethostname()} {_dead_pid()}")
+    started = time.time() - 60
+    assert record_lost(done, str(tmp_path), "died", 1, started)["status"] == "ok"
+    assert paths[0].read_bytes() == written
+    summary = record_lost(lost, str(tmp_path), "died (killed by SIGKILL)", 1, started, 2.5)
+    assert summary["status"] == "failed" and summary["error"] == "died (killed by SIGKILL)"
+    later = time.time() + 60  # handed over again after that record was written: it is older
+    assert record_lost(lost, str(tmp_path), "died again", 1, later)["status"] == "failed"
+    records = {r["seed"]: r for r in _one_record_per_run(tmp_path, 2)}  # no lock left
+    assert records[1]["error"] == "died again" and records[1]["host"]["threads"] == 1
+    assert [a["error"] for a in records[1]["attempts"]] == ["died (killed by SIGKILL)"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_the_sweep_like_ctrl_c(jobs: int, tmp_path: Path) -> None:
+    """Deterministic: every run blocks at its start (``$BENCH_TEST_FAULT``, a file per run);
+    once all are in flight, ``kill PID`` (SIGTERM) the sweep: it stops its workers (none left),
+    writes no record, leaves no lock, says so in one line and exits 143."""
+    results, flags = tmp_path / "r", tmp_path / "flags"
+    flags.mkdir()
+    env = {**_env(), "BENCH_TEST_FAULT": "block:train:*:*", "BENCH_TEST_FAULT_DIR": str(flags)}
+    proc = subprocess.Popen(_sweep_cmd(results, jobs, "0,1"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(flags.iterdir())) < jobs:  # each worker inside a run, its lock held
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        in_runs = [int(p.name.split("-")[0]) for p in flags.iterdir()]
+        assert len(list(results.rglob("*.lock"))) == jobs
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert [line for line in err.splitlines() if "terminated" in line] == [
+        "terminated (SIGTERM): the runs in flight were stopped and left no record; finished "
+        "runs are saved; run the same command again to resume"]
+    assert "Traceback" not in err
+    assert not [pid for pid in in_runs if _pid_alive(pid)], "a worker was left running"
+    assert list(results.rglob("*.json")) == [] and _leftovers(results) == []

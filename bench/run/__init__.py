@@ -10,7 +10,8 @@
 * :mod:`~bench.run.parallel` — data parallelism: one run on N processes (torch.distributed).
 * :mod:`~bench.run.worker` — one run in a worker: claim, train, write the record.
 * :mod:`~bench.run.locks` — atomic lock files that let sweeps share a results folder.
-* :mod:`~bench.run.sweep` — executes a plan locally (joblib) or on a backend; skips done runs.
+* :mod:`~bench.run.sweep` — executes a plan locally or on a backend; skips done runs.
+* :mod:`~bench.run.pool` — long-lived local worker processes (a killed one fails its run only).
 * :mod:`~bench.run.backends` — Dask, Ray and Slurm (submitit) backends.
 * :mod:`~bench.run.cost` — counted FLOPs of a run (``--dry-run``'s estimate).
 

@@ -2,12 +2,17 @@
 
 Each worker writes its own record as soon as its run ends (:func:`bench.run.worker.run_one`), so
 interrupting a sweep loses only the runs in flight; running the same command again resumes.
-``execute`` runs the pending runs locally (joblib) or on a distributed engine
-(:mod:`bench.run.backends`: Dask, Ray, Slurm through submitit).
+``execute`` runs the pending runs locally or on a distributed engine (:mod:`bench.run.backends`:
+Dask, Ray, Slurm through submitit). Locally, ``jobs`` > 1 starts that many long-lived worker
+processes (:mod:`bench.run.pool`), each importing torch and the registries once and then taking
+one run after another with ``threads`` torch threads (default: the cores split between them); a
+worker killed in a run fails that run only (:func:`bench.run.worker.record_lost`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +24,35 @@ from bench.records import find_record, record_path
 from bench.run.backends import get_backend
 from bench.run.locks import claim, release
 from bench.run.plan import RunSpec
-from bench.run.worker import run_one
+from bench.run.worker import record_lost, run_one
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(jobs: int) -> int:
+    """Torch threads per run when ``jobs`` runs share this machine: the cores split between
+    them, at least one."""
+    return max(1, cores() // max(jobs, 1))
+
+
+def _init_worker(threads: int, env: dict[str, str]) -> None:
+    """A local worker's start: the sweep's environment (the fork server's may be older), torch's
+    threads, the registries (plugins) loaded once."""
+    os.environ.clear()
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(threads)
+    from bench.registry import load_plugins
+
+    load_plugins()
+    import bench.run.engine  # noqa: F401  (imported once, before the first run)
 
 
 @dataclass
@@ -68,16 +101,17 @@ def _remove_stale_lock(record: Path) -> None:
 def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
             on_result: Callable[[dict[str, Any]], None] | None = None,
             backend: Any = "local", backend_options: dict[str, Any] | None = None,
-            progress_runs: bool = False, retry_failed: bool = True) -> SweepSummary:
-    """Run every pending run of ``runs``: with ``jobs`` joblib workers (``backend="local"``) or
-    on a distributed engine (``"dask"``, ``"ray"``, ``"slurm"`` with ``backend_options``, or a
-    :class:`bench.run.backends.Backend` instance; see :mod:`bench.run.backends`). Runs whose
-    record says ``failed`` or ``diverged`` run again unless ``retry_failed`` is False."""
+            progress_runs: bool = False, retry_failed: bool = True,
+            threads: int | None = None) -> SweepSummary:
+    """Run every pending run of ``runs``: in this process (``jobs=1``) or in ``jobs`` local
+    worker processes (``backend="local"``), or on a distributed engine (``"dask"``, ``"ray"``,
+    ``"slurm"`` with ``backend_options``, or a :class:`bench.run.backends.Backend` instance; see
+    :mod:`bench.run.backends`). Runs whose record says ``failed`` or ``diverged`` run again
+    unless ``retry_failed`` is False. ``threads``: torch threads per local run (default: torch's
+    own with one job, else :func:`default_threads` of the workers started)."""
     todo = pending(runs, results_dir, retry_failed)
     summary = SweepSummary(total=len(runs), already_done=len(runs) - len(todo))
     start = time.perf_counter()
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // max(jobs, 1))
 
     def collect(res: dict[str, Any]) -> None:
         summary.results.append(res)
@@ -93,18 +127,28 @@ def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
         import torch
 
         previous = torch.get_num_threads()
+        per_run = threads or (default_threads(jobs) if jobs > 1 else None)
         try:
             for run in todo:
-                collect(run_one(run, str(results_dir), threads if jobs > 1 else None,
-                                progress_runs))
+                collect(run_one(run, str(results_dir), per_run, progress_runs))
         finally:
             torch.set_num_threads(previous)
     else:
-        from joblib import Parallel, delayed
+        from bench.run.pool import SWEEP_PRELOAD, serve
 
-        parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
-        for res in parallel(delayed(run_one)(run, str(results_dir), threads, progress_runs)
-                            for run in todo):
-            collect(res)
+        workers = min(jobs, len(todo))
+        per_run = threads or default_threads(workers)
+        folder = str(results_dir)
+
+        def lost(run: RunSpec, error: str, started_at: float, seconds: float
+                 ) -> dict[str, Any]:
+            return record_lost(run, folder, error, per_run, started_at, round(seconds, 3))
+
+        task = functools.partial(run_one, results_dir=folder, threads=per_run,
+                                 progress=progress_runs)
+        with contextlib.closing(serve(todo, task, workers, lost, _init_worker,
+                                      (per_run, dict(os.environ)), SWEEP_PRELOAD)) as results:
+            for res in results:
+                collect(res)
     summary.wall_time_s = time.perf_counter() - start
     return summary

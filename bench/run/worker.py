@@ -1,16 +1,23 @@
 """One run in a worker process: claim its lock, train it, write its record atomically.
 
-Every backend (local joblib, Dask, Ray, Slurm) calls :func:`run_one`, so records, resume and
-locking are the same everywhere. A record that cannot be written (e.g. a full disk) leaves no
-partial file; the summary then says ``failed`` with the error.
+Every backend (local worker processes, Dask, Ray, Slurm) calls :func:`run_one`, so records,
+resume and locking are the same everywhere. A record that cannot be written (e.g. a full disk)
+leaves no partial file; the summary then says ``failed`` with the error. A local worker that dies
+in a run (``kill -9``, the out-of-memory killer) leaves the run to :func:`record_lost`, called by
+the sweep: a ``failed`` record, retried by the next identical command.
+
+``$BENCH_TEST_FAULT`` injects faults at fixed points of a run, for the fault tests only
+(:func:`fault_point`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -130,27 +137,8 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
         if done():  # finished by another sweep between the check and the claim
             return {"status": "skipped", **short}
         remove_orphan_temp_files(path)
-        attempts = earlier_attempts(path)
-        record: dict[str, Any] = {
-            "kind": "run",
-            "method": run.method,
-            "label": run.display,
-            "ablation": run.ablation,
-            "scenario": run.scenario,
-            "seed": run.seed,
-            "profile": run.profile,
-            "config": run.config,
-            "config_hash": cfg_hash,
-            # outside the config: a family groups rows in tables and never changes a result
-            "family": method_family(run.method),
-            "versions": versions(),
-            "host": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-            "metrics": {},
-            "trainable_params": None,
-            "total_params": None,
-            "wall_time_s": None,
-            **({"attempts": attempts} if attempts else {}),
-        }
+        record = _record_head(run, torch.get_num_threads(), earlier_attempts(path))
+        fault_point("train", run)
         start = time.perf_counter()
         try:
             with _step_bar(run, progress) as step_cb:
@@ -188,11 +176,113 @@ def run_one(run: RunSpec, results_dir: str, threads: int | None = None,
             return {"status": "failed", **short, "wall_time_s": record["wall_time_s"],
                     "error": f"record not written ({type(err).__name__}: {err}); "
                              f"the run itself ended {record['status']}"}
+        fault_point("written", run)
         return {"status": record["status"], **short, "error": record.get("error"),
                 "diverged_at_step": record.get("diverged_at_step"),
                 "wall_time_s": record["wall_time_s"]}
     finally:
         release(lock)
+
+
+def _record_head(run: RunSpec, threads: int, attempts: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """The fields of a run's record known before it trains (``threads``: torch's intra-op
+    threads of the run, recorded in ``host``, outside the config hash)."""
+    return {
+        "kind": "run",
+        "method": run.method,
+        "label": run.display,
+        "ablation": run.ablation,
+        "scenario": run.scenario,
+        "seed": run.seed,
+        "profile": run.profile,
+        "config": run.config,
+        "config_hash": run.config_hash,
+        # outside the config: a family groups rows in tables and never changes a result
+        "family": method_family(run.method),
+        "versions": versions(),
+        "host": {"platform": platform.platform(), "threads": threads},
+        "metrics": {},
+        "trainable_params": None,
+        "total_params": None,
+        "wall_time_s": None,
+        **({"attempts": attempts} if attempts else {}),
+    }
+
+
+def record_lost(run: RunSpec, results_dir: str, error: str, threads: int,
+                started_at: float, wall_time_s: float | None = None) -> dict[str, Any]:
+    """Record a run whose worker process died in it (``kill -9``, the out-of-memory killer) and
+    return its summary: a ``failed`` record with ``error``, which the next identical command
+    retries (keeping it in ``attempts``). Called by the sweep, not in the dead worker: the dead
+    process's lock is taken over (:func:`bench.run.locks.claim`) and removed. When the worker
+    died after writing the run's record (between the write and the lock's release: the record
+    is ``ok`` or newer than ``started_at``, the ``time.time()`` the run was handed to the
+    worker), the record stays as it is and its status is returned; only the lock is removed."""
+    path = record_path(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                       run.config_hash)
+    lock = path.with_name(path.name + ".lock")
+    short = {"label": run.display, "scenario": run.scenario, "seed": run.seed}
+    try:
+        claimed = claim(lock)
+    except OSError as err:
+        return {"status": "failed", **short, "wall_time_s": wall_time_s,
+                "error": f"{error}; no record ({type(err).__name__}: {err})"}
+    if not claimed:  # another sweep took the run over meanwhile: it records it
+        return {"status": "failed", **short, "wall_time_s": wall_time_s, "error": error}
+    try:
+        found = find_record(Path(results_dir), run.profile, run.scenario, run.display, run.seed,
+                            run.config_hash)
+        # file times come from a coarse clock, a few ms behind time.time(): a second's margin
+        if found is not None and (found["status"] == "ok" or _mtime(path) > started_at - 1.0):
+            return {"status": found["status"], **short, "error": found.get("error"),
+                    "diverged_at_step": found.get("diverged_at_step"),
+                    "wall_time_s": found["wall_time_s"]}
+        remove_orphan_temp_files(path)
+        record = _record_head(run, threads, earlier_attempts(path))
+        record.update(status="failed", error=error, wall_time_s=wall_time_s)
+        try:
+            write_json_atomic(path, record)
+        except OSError as err:  # e.g. ENOSPC: nothing partial is left, the sweep goes on
+            error = f"{error}; record not written ({type(err).__name__}: {err})"
+        return {"status": "failed", **short, "error": error, "wall_time_s": wall_time_s}
+    finally:
+        release(lock)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+#: test-only fault injection (``tests/test_faults.py``): comma-separated
+#: ``ACTION:POINT:LABEL:SEED`` items (``*`` matches any label or seed). POINT is ``train`` (the
+#: run's lock held, nothing written yet) or ``written`` (its record written, the lock not yet
+#: released); ACTION is ``kill`` (SIGKILL this process) or ``block`` (create
+#: ``$BENCH_TEST_FAULT_DIR/<pid>-<label>-seed<seed>`` and wait until ``release`` exists there)
+FAULT_ENV = "BENCH_TEST_FAULT"
+FAULT_DIR_ENV = "BENCH_TEST_FAULT_DIR"
+
+
+def fault_point(point: str, run: RunSpec) -> None:
+    """Apply the ``$BENCH_TEST_FAULT`` items that match ``point`` and ``run`` (none is set
+    outside the fault tests)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        action, where, label, seed = (item.split(":") + ["*", "*", "*"])[:4]
+        if where != point or label not in ("*", run.display) or seed not in ("*", str(run.seed)):
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "block":
+            folder = Path(os.environ[FAULT_DIR_ENV])
+            (folder / f"{os.getpid()}-{run.display}-seed{run.seed}").touch()
+            while not (folder / "release").exists():  # until released, or killed
+                time.sleep(0.02)
 
 
 def earlier_attempts(path: Path) -> list[dict[str, Any]]:
