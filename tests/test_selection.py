@@ -154,9 +154,9 @@ def test_engine_evaluates_the_full_test_split_once_per_distinct_epoch(tiny_scena
     calls = []
     real = engine.evaluate
 
-    def counting(model, data_, split, batch_size, fused=False):
+    def counting(model, data_, split, batch_size, fused=False, *args, **kwargs):
         calls.append(split is data.test)
-        return real(model, data_, split, batch_size, fused)
+        return real(model, data_, split, batch_size, fused, *args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", counting)
     result = engine.train(resolve_method("hps"), scenario, data, setup, seed=0)

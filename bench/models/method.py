@@ -181,7 +181,7 @@ class MethodSpec:
             kwargs = (dict(scenario_kwargs) if name == scenario_backbone
                       else dict(arch.backbone_kwargs) if name == arch.backbone else {})
         # the scenario's start (``init``) applies to whichever encoder runs, when it has one
-        declared = backbone_settings(name).model_fields
+        declared = backbone_settings(name).model_fields if name in backbones else {}
         kwargs.update({k: scenario_kwargs[k] for k in SCENARIO_WIDE
                        if k in scenario_kwargs and k in declared and k not in kwargs})
         return name, {**kwargs, **self.backbone_kwargs}

@@ -107,8 +107,9 @@ def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
     worker processes (``backend="local"``), or on a distributed engine (``"dask"``, ``"ray"``,
     ``"slurm"`` with ``backend_options``, or a :class:`bench.run.backends.Backend` instance; see
     :mod:`bench.run.backends`). Runs whose record says ``failed`` or ``diverged`` run again
-    unless ``retry_failed`` is False. ``threads``: torch threads per local run (default: torch's
-    own with one job, else :func:`default_threads` of the workers started)."""
+    unless ``retry_failed`` is False. ``threads``: torch threads per local run (default:
+    :func:`default_threads` of the workers started: every core with one job, whatever the
+    calling process had set)."""
     todo = pending(runs, results_dir, retry_failed)
     summary = SweepSummary(total=len(runs), already_done=len(runs) - len(todo))
     start = time.perf_counter()
@@ -127,7 +128,7 @@ def execute(runs: list[RunSpec], results_dir: Path, jobs: int = 1,
         import torch
 
         previous = torch.get_num_threads()
-        per_run = threads or (default_threads(jobs) if jobs > 1 else None)
+        per_run = threads or default_threads(1)  # all cores, as a Dask or Ray worker of one
         try:
             for run in todo:
                 collect(run_one(run, str(results_dir), per_run, progress_runs))
