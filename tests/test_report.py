@@ -316,13 +316,12 @@ def test_committed_records_export_to_latex_and_csv(tmp_path: Path, capsys) -> No
                  "--output", str(tmp_path / "lb.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "lb.csv").open()))
     assert rows and {r["selection"] for r in rows} == {"val_loss"}
-    capsys.readouterr()
-    # the committed records predate the selection rules: one line, exit 2
-    assert main(["leaderboard", "--results-dir", str(results), "--selection", "oracle",
-                 "--output", str(tmp_path / "o.md")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no record holds selection rule 'oracle'" in err[0]
-    assert not (tmp_path / "o.md").exists()
+    # the committed records hold every selection rule: each renders, the oracle as a bound
+    for rule in ("val_metric", "last", "oracle"):
+        assert main(["leaderboard", "--results-dir", str(results), "--selection", rule,
+                     "--output", str(tmp_path / f"{rule}.md")]) == 0
+        assert f"`{rule}`" in (tmp_path / f"{rule}.md").read_text()
+    assert "upper bound" in (tmp_path / "oracle.md").read_text()
 
 
 def test_records_of_an_older_data_version_are_left_out(tmp_path: Path) -> None:

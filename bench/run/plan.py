@@ -206,8 +206,10 @@ def make_run(method: str, scenario: str, seed: int, profile: str,
              ablation: str | None = None) -> RunSpec:
     """Resolve ``method`` (a name or ``A+B``) with its overrides on ``scenario`` into a run."""
     spec = resolve_run_method(method, overrides, profile)
-    return resolve_run(spec, method, scenarios.get(scenario)(), seed, profile, overrides, label,
-                       ablation)
+    scen = scenarios.get(scenario)()
+    rows = (ablation_rows(ablation, scen, profile)
+            if ablation is not None and ablation in ablations else None)
+    return resolve_run(spec, method, scen, seed, profile, overrides, label, ablation, rows=rows)
 
 
 def build_config(method: str, scenario: str, seed: int, profile: str,
@@ -352,6 +354,19 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
     return plan
 
 
+def ablation_rows(name: str, scen: Scenario, profile: str) -> dict[str, str]:
+    """The rows of ablation ``name`` on ``scen`` that are default runs (label -> method): its
+    ``from_defaults`` methods that can run there."""
+    rows: dict[str, str] = {}
+    for label, method in ablations.get(name).from_defaults:
+        try:
+            check_compatible(resolve_run_method(method, None, profile), scen, profile)
+        except IncompatibleError:
+            continue
+        rows[label] = method
+    return rows
+
+
 def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int],
                     profile: str) -> Plan:
     """An ablation preset: a list of ``(label, method, overrides)`` variants on its scenarios."""
@@ -364,15 +379,9 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
         scen.check_data(profile)
         variants = (preset.variants_of(len(scen.shape(profile).tasks)) if preset.variants_for
                     else list(preset.variants))
-        rows: dict[str, str] = {}
-        for label, method in preset.from_defaults:  # default runs, shared with `run --all`
+        rows = ablation_rows(name, scen, profile)
+        for method in rows.values():  # default runs, shared with `run --all`
             spec = resolve_run_method(method, None, profile)
-            try:
-                check_compatible(spec, scen, profile)
-            except IncompatibleError as err:
-                plan.skipped.append((label, scenario, str(err)))
-                continue
-            rows[label] = method
             plan.runs += [resolve_run(spec, method, scen, seed, profile) for seed in seeds]
         for label, method, overrides in variants:
             spec = resolve_run_method(method, overrides, profile)
