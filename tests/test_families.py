@@ -58,10 +58,15 @@ def test_a_plugin_without_a_family_gets_an_inferred_one(tmp_path: Path, monkeypa
                         description="a family of its own")
     '''))
     monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
-    assert {n: method_family(n) for n in ("plug_grad", "plug_loss", "plug_arch", "plug_own")} \
-        == {"plug_grad": "gradient", "plug_loss": "loss_weighting",
-            "plug_arch": "architecture", "plug_own": "mine"}
-    assert infer_family(resolve_method("plug_grad")) == "gradient"
+    names = ("plug_grad", "plug_loss", "plug_arch", "plug_own")
+    try:
+        assert {n: method_family(n) for n in names} \
+            == {"plug_grad": "gradient", "plug_loss": "loss_weighting",
+                "plug_arch": "architecture", "plug_own": "mine"}
+        assert infer_family(resolve_method("plug_grad")) == "gradient"
+    finally:  # the registry outlives the test: later tests see the built-in plugins only
+        for name in names:
+            registry.methods.entries.pop(name, None)
 
 
 def test_the_family_is_not_part_of_a_runs_identity() -> None:
