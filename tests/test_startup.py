@@ -86,21 +86,31 @@ def test_records_commands_import_no_training_stack(args: list[str], records: Pat
     assert result["heavy"] == []
 
 
+_DECLARED_EQUALS_REGISTERED = """
+from bench import registry
+unreadable = [p.name for p in registry.plugin_files() if not registry.declarations_in(p)[1]]
+assert unreadable == [], unreadable
+regs = [registry.methods, registry.architectures, registry.weightings, registry.scenarios]
+declared = {reg.kind: reg.declared() for reg in regs}
+registry.load_plugins()
+for reg in regs:
+    assert sorted(declared[reg.kind]) == sorted(reg.entries), reg.kind
+    for name, decl in declared[reg.kind].items():
+        assert decl.description == reg.entries[name].description, (reg.kind, name)
+for name, decl in declared["scenario"].items():
+    assert decl.attributes["heterogeneity"] == registry.scenarios.get(name).heterogeneity
+assert len(declared["method"]) == 56, len(declared["method"])
+"""
+
+
 def test_declarations_read_from_source_equal_the_registrations() -> None:
     """Every built-in plugin file's registrations can be read without importing it, and what is
-    read (names, descriptions, a scenario's heterogeneity) is what importing registers."""
-    unreadable = [p.name for p in registry.plugin_files() if not registry.declarations_in(p)[1]]
-    assert unreadable == []
-    regs = [registry.methods, registry.architectures, registry.weightings, registry.scenarios]
-    declared = {reg.kind: reg.declared() for reg in regs}
-    registry.load_plugins()
-    for reg in regs:
-        assert sorted(declared[reg.kind]) == sorted(reg.entries), reg.kind
-        for name, decl in declared[reg.kind].items():
-            assert decl.description == reg.entries[name].description, (reg.kind, name)
-    for name, decl in declared["scenario"].items():
-        assert decl.attributes["heterogeneity"] == registry.scenarios.get(name).heterogeneity
-    assert len(declared["method"]) == 56
+    read (names, descriptions, a scenario's heterogeneity) is what importing registers — in a
+    fresh interpreter, where no other test has registered anything."""
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_PLUGIN_PATH"}
+    done = subprocess.run([sys.executable, "-c", _DECLARED_EQUALS_REGISTERED],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_backbones_are_declared_by_their_modules() -> None:
