@@ -29,12 +29,9 @@ hospitals or imaging devices): one label space, several input distributions, few
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from bench.api import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
+from bench.api import ScenarioData, Split, TaskSpec, register_scenario
 from bench.data import digits as dd
 
 DATA_SEED = 1234
@@ -83,7 +80,7 @@ def render(images: torch.Tensor, domain: str, gen: torch.Generator) -> torch.Ten
 
 
 @register_scenario("digits_domains")
-class DigitsDomains(Scenario):
+class DigitsDomains(dd.DigitsScenario):
     """Handwritten digits upright, rotated 180°, mirrored and upside down; each domain a task."""
 
     name = "digits_domains"
@@ -92,23 +89,10 @@ class DigitsDomains(Scenario):
     data_version = "3"  # 3: larger validation (300) and test (1,125) splits per domain
     backbone = "resnet"
 
-    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
-        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
-        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
-        return {**{"widths": WIDTHS}, "init": "pretrained"}
+    encoder = {"widths": WIDTHS}
+    default_training = (EPOCHS, 16, LR)
 
-    def setup(self, profile: str) -> TrainingSetup:
-        self.check_profile(profile)
-        if profile == "smoke":
-            return TrainingSetup(epochs=2, batch_size=16)
-        return TrainingSetup(epochs=EPOCHS, batch_size=16, lr=LR)
-
-    def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
-        with dd.one_thread():
-            return self._load(profile)
-
-    def _load(self, profile: str) -> ScenarioData:
-        self.check_profile(profile)
+    def build(self, profile: str) -> ScenarioData:
         n_train, n_val, n_test = COUNTS[profile]
         images, labels = dd.digits()
         train_pool, held = dd.train_and_held_out(DATA_SEED, TRAIN_SOURCES)

@@ -23,13 +23,10 @@ Analogy to the paper: NYUv2 (segmentation, depth and surface normals of one indo
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from bench.api import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
+from bench.api import ScenarioData, Split, TaskSpec, register_scenario
 from bench.data import digits as dd
 
 DATA_SEED = 2468
@@ -99,7 +96,7 @@ def build_split(pool: torch.Tensor, count: int, gen: torch.Generator) -> Split:
 
 
 @register_scenario("digits_scene")
-class DigitsScene(Scenario):
+class DigitsScene(dd.DigitsScenario):
     """Canvases of 2-3 overlapping digits: segmentation, depth and nearest-digit class."""
 
     name = "digits_scene"
@@ -108,23 +105,10 @@ class DigitsScene(Scenario):
     data_version = "2"  # 2: larger validation (400) and test (2,400) splits
     backbone = "resnet"
 
-    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
-        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
-        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
-        return {**{"widths": WIDTHS, "strides": STRIDES}, "init": "pretrained"}
+    encoder = {"widths": WIDTHS, "strides": STRIDES}
+    default_training = (EPOCHS, BATCH, LR)
 
-    def setup(self, profile: str) -> TrainingSetup:
-        self.check_profile(profile)
-        if profile == "smoke":
-            return TrainingSetup(epochs=2, batch_size=16)
-        return TrainingSetup(epochs=EPOCHS, batch_size=BATCH, lr=LR)
-
-    def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
-        with dd.one_thread():
-            return self._load(profile)
-
-    def _load(self, profile: str) -> ScenarioData:
-        self.check_profile(profile)
+    def build(self, profile: str) -> ScenarioData:
         pools = dd.source_pools(dd.LEGACY_POOLS, DATA_SEED)
         splits = {split: build_split(pools[split], count, dd.generator(DATA_SEED, s_idx))
                   for s_idx, (split, count) in enumerate(zip(dd.SPLITS, COUNTS[profile]))}

@@ -30,12 +30,9 @@ different organs and modalities (inputs) with different diagnostic label spaces 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from bench.api import Scenario, ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
+from bench.api import ScenarioData, Split, TaskSpec, register_scenario
 from bench.data import digits as dd
 
 DATA_SEED = 4321
@@ -96,7 +93,7 @@ def render(task: str, images: torch.Tensor, labels: torch.Tensor, gen: torch.Gen
 
 
 @register_scenario("digits_tasks")
-class DigitsTasks(Scenario):
+class DigitsTasks(dd.DigitsScenario):
     """Four digit tasks with their own inputs and label spaces (identity, mod 3, rotation, sum)."""
 
     name = "digits_tasks"
@@ -105,23 +102,10 @@ class DigitsTasks(Scenario):
     data_version = "2"  # 2: larger validation (300) and test (1,197) splits per task
     backbone = "resnet"
 
-    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
-        """The narrow ResNet, started from the committed fractal-pretrained checkpoint (every
-        method's encoder, MTLoRA's Swin included: ``--set backbone.init=scratch`` to not)."""
-        return {**{"widths": WIDTHS}, "init": "pretrained"}
+    encoder = {"widths": WIDTHS}
+    default_training = (EPOCHS, 32, LR)
 
-    def setup(self, profile: str) -> TrainingSetup:
-        self.check_profile(profile)
-        if profile == "smoke":
-            return TrainingSetup(epochs=2, batch_size=16)
-        return TrainingSetup(epochs=EPOCHS, batch_size=32, lr=LR)
-
-    def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
-        with dd.one_thread():
-            return self._load(profile)
-
-    def _load(self, profile: str) -> ScenarioData:
-        self.check_profile(profile)
+    def build(self, profile: str) -> ScenarioData:
         n_train, n_val, n_test = COUNTS[profile]
         counts = {"train": n_train, "val": n_val, "test": n_test}
         images, labels = dd.digits()

@@ -15,9 +15,13 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from bench.data.scenario import Scenario, ScenarioData, TrainingSetup
 
 SPLITS = ("train", "val", "test")
 
@@ -94,6 +98,38 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class DigitsScenario(Scenario):
+    """What the embedded digits scenarios share: the narrow ResNet started from the committed
+    fractal-pretrained checkpoint (every method's encoder, MTLoRA's Swin included:
+    ``--set backbone.init=scratch`` to not), a 2-epoch smoke profile, and data rendered on one
+    thread (:func:`one_thread`). A scenario declares ``encoder`` and ``default_training`` and
+    builds its data in :meth:`build`."""
+
+    #: the encoder's keywords besides ``init`` (widths, strides)
+    encoder: dict[str, Any] = {}
+    #: the default profile's (epochs, batch size, learning rate)
+    default_training: tuple[int, int, float] = (20, 16, 3e-3)
+
+    def backbone_kwargs_of(self, profile: str | None = None) -> dict[str, Any]:
+        return {**self.encoder, "init": "pretrained"}
+
+    def setup(self, profile: str) -> TrainingSetup:
+        self.check_profile(profile)
+        if profile == "smoke":
+            return TrainingSetup(epochs=2, batch_size=16)
+        epochs, batch_size, lr = self.default_training
+        return TrainingSetup(epochs=epochs, batch_size=batch_size, lr=lr)
+
+    def load(self, profile: str, data_root: Path | None = None) -> ScenarioData:
+        self.check_profile(profile)
+        with one_thread():
+            return self.build(profile)
+
+    def build(self, profile: str) -> ScenarioData:
+        """The data of ``profile`` (a checked profile, on one thread)."""
+        raise NotImplementedError
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
