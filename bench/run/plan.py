@@ -354,17 +354,24 @@ def expand(method_names: list[str] | None, scenario_names: list[str] | None, see
     return plan
 
 
-def ablation_rows(name: str, scen: Scenario, profile: str) -> dict[str, str]:
-    """The rows of ablation ``name`` on ``scen`` that are default runs (label -> method): its
-    ``from_defaults`` methods that can run there."""
-    rows: dict[str, str] = {}
+def default_rows(name: str, scen: Scenario, profile: str
+                 ) -> list[tuple[str, str, MethodSpec]]:
+    """The rows of ablation ``name`` on ``scen`` that are default runs, resolved once:
+    ``(label, method, spec)`` for each of its ``from_defaults`` methods that can run there."""
+    rows = []
     for label, method in ablations.get(name).from_defaults:
+        spec = resolve_run_method(method, None, profile)
         try:
-            check_compatible(resolve_run_method(method, None, profile), scen, profile)
+            check_compatible(spec, scen, profile)
         except IncompatibleError:
             continue
-        rows[label] = method
+        rows.append((label, method, spec))
     return rows
+
+
+def ablation_rows(name: str, scen: Scenario, profile: str) -> dict[str, str]:
+    """The rows of ablation ``name`` on ``scen`` that are default runs (label -> method)."""
+    return {label: method for label, method, _ in default_rows(name, scen, profile)}
 
 
 def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int],
@@ -379,9 +386,9 @@ def expand_ablation(name: str, scenario_names: list[str] | None, seeds: list[int
         scen.check_data(profile)
         variants = (preset.variants_of(len(scen.shape(profile).tasks)) if preset.variants_for
                     else list(preset.variants))
-        rows = ablation_rows(name, scen, profile)
-        for method in rows.values():  # default runs, shared with `run --all`
-            spec = resolve_run_method(method, None, profile)
+        defaults = default_rows(name, scen, profile)
+        rows = {label: method for label, method, _ in defaults}
+        for _, method, spec in defaults:  # default runs, shared with `run --all`
             plan.runs += [resolve_run(spec, method, scen, seed, profile) for seed in seeds]
         for label, method, overrides in variants:
             spec = resolve_run_method(method, overrides, profile)
