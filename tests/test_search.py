@@ -209,7 +209,8 @@ TASKS = [{"name": t, "label": t, "kind": "classification", "num_outputs": 10,
 
 def _synthetic(root: Path, label: str, seed: int, val: float, test: float,
                search: dict | None = None, overrides: dict | None = None,
-               ablation: str | None = None, method: str | None = None) -> None:
+               ablation: str | None = None, method: str | None = None,
+               scenario: str = "synth") -> None:
     from bench.records import write_json_atomic
 
     config = {"heterogeneity": "domain", "scenario_data_version": "1",
@@ -217,13 +218,13 @@ def _synthetic(root: Path, label: str, seed: int, val: float, test: float,
     metrics = {"val": {t["name"]: {"accuracy": val} for t in TASKS},
                "test": {t["name"]: {"accuracy": test + i} for i, t in enumerate(TASKS)}}
     record = {"kind": "run", "method": method or label.split(" ")[0], "label": label,
-              "scenario": "synth", "seed": seed, "profile": "default", "ablation": ablation,
+              "scenario": scenario, "seed": seed, "profile": "default", "ablation": ablation,
               "config": config, "config_hash": f"{label}-{seed}-{json.dumps(search)}",
               "status": "ok", "tasks": TASKS, "best_epoch": 1, "metrics": metrics,
               "trainable_params": 1000, "total_params": 1000, "wall_time_s": 1.0,
               "versions": {}}
     name = f"{label}-{seed}-{abs(hash(json.dumps(search))) % 10**6}.json"
-    write_json_atomic(root / "default" / "synth" / label.replace(" ", "_") / name, record)
+    write_json_atomic(root / "default" / scenario / label.replace(" ", "_") / name, record)
 
 
 def test_the_leaderboard_shows_tuned_tables_and_the_best_fixed_weighting(tmp_path: Path
@@ -262,3 +263,24 @@ def test_the_leaderboard_shows_tuned_tables_and_the_best_fixed_weighting(tmp_pat
     assert "Significantly better than the best fixed weighting: cagrad." in tuned
     main = text[:text.index("### Tuned")]
     assert "Significantly better than the best fixed weighting: no method." in main
+
+
+def test_the_best_fixed_weighting_is_one_row_across_scenarios(tmp_path: Path) -> None:
+    """Each scenario's best fixed weighting has its own weights, yet the cross-scenario summary
+    ranks it as one reference row, not one unranked row per weight vector."""
+    from bench.report import render
+
+    for scenario, best in (("synth_a", "ls[w=2,0]"), ("synth_b", "ls[w=0,2]")):
+        for s, e in enumerate([0.3, -0.2, 0.1]):
+            for label, base in (("hps", 70), ("single_task", 72)):
+                _synthetic(tmp_path, label, s, 60, base + e, scenario=scenario)
+            for w in ("ls[w=2,0]", "ls[w=0,2]"):
+                _synthetic(tmp_path, w, s, 65 if w == best else 55, 75 + e,
+                           ablation="scalarization", method="linear_scalarization",
+                           scenario=scenario)
+    text, bad = render(tmp_path, tmp_path / "lb.md")
+    assert not bad
+    summary = text[text.index("### Across scenarios"):text.index("### Ablation")]
+    rows = [line for line in summary.splitlines() if line.startswith("| best fixed weights")]
+    assert len(rows) == 1 and rows[0].startswith("| best fixed weights (each scenario's) | ")
+    assert "| 1.00 |" in rows[0]  # ranked first (MR 1) on both scenarios

@@ -387,7 +387,7 @@ def _best_fixed(by_label: dict[str, list[dict[str, Any]]], baseline: Metrics | N
     ranks_ = validation_ranks([c[1] for c in candidates])
     best = min(range(len(candidates)), key=lambda i: (ranks_[i], i))
     label = candidates[best][0]
-    row = _row(f"best fixed weights {label.removeprefix('ls')}", by_label[label], baseline,
+    row = _row(f"{REFERENCE_LABELS[FIXED]} {label.removeprefix('ls')}", by_label[label], baseline,
                tasks, report_average, rule)
     row.family = "baseline"
     row.note = f"the best on validation of {len(candidates)} fixed weightings"
@@ -513,11 +513,18 @@ def build(records: list[dict[str, Any]], rule: str = sel.DEFAULT
     return tables, summaries
 
 
+def summary_label(row: Row) -> str:
+    """A row's name across scenarios: its label, except that each scenario's best fixed
+    weighting (whose weights differ from scenario to scenario) is one row."""
+    fixed = REFERENCE_LABELS[FIXED]
+    return f"{fixed} (each scenario's)" if row.label.startswith(f"{fixed} ") else row.label
+
+
 def summarize(profile: str, mains: list[Table], rule: str) -> Summary:
     """Mean rank (MR) of each method over the main tables, by their headline scores, with the
     spread of the per-seed MR; and the mean Δm% over the tables. Ranks are taken among the
     methods present in every table (others are listed without a rank)."""
-    scored = [{r.label: r for r in t.rows if t.score(r) is not None} for t in mains]
+    scored = [{summary_label(r): r for r in t.rows if t.score(r) is not None} for t in mains]
     common = sorted(set.intersection(*(set(s) for s in scored)), key=natural)
     mean_rank: dict[str, float] = {}
     for table, rows in zip(mains, scored):
