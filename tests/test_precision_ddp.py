@@ -132,18 +132,48 @@ def test_fp16_scaler_shows_the_weighting_true_gradients(name: str, monkeypatch) 
         < 0.1 * moved
 
 
-# HPS (all-reduced final gradients) and PCGrad (all-reduced task gradients; every gradient
-# weighting takes that path): each comparison starts processes, the file's slowest part
-@pytest.mark.parametrize(("name", "kind"), [("hps", "single_input"), ("pcgrad", "multi_input")])
-def test_two_processes_match_one_with_the_global_batch(name: str, kind: str) -> None:
+#: the 2-process comparisons: HPS (all-reduced final gradients) and PCGrad (all-reduced task
+#: gradients; every gradient weighting takes that path)
+DDP_CASES = [("hps", "single_input"), ("pcgrad", "multi_input")]
+
+
+def _ddp_case(name: str, kind: str) -> tuple:
+    scen, data = make_tiny(kind, n=24)
+    return resolve_method(name), scen, data
+
+
+def _train_each_on_this_rank(cases: list[tuple]) -> list | None:
+    """On every rank of one process group: each case's data-parallel training in turn; rank 0
+    returns the results (the others ``None``)."""
+    results = [engine._train(spec, data, setup, 0, None, ["val_loss"], True)
+               for spec, data, setup in cases]
+    return None if results[0] is None else results
+
+
+@pytest.fixture(scope="module")
+def two_process_results() -> dict[tuple[str, str], object]:
+    """Every case of :data:`DDP_CASES` trained on 2 gloo processes in ONE process-group launch
+    (starting processes is the slow part), each with half of every batch: case -> result."""
+    from bench.run import parallel
+
+    torch.set_num_threads(1)
+    cases = []
+    for name, kind in DDP_CASES:
+        spec, _, data = _ddp_case(name, kind)
+        cases.append((spec, data, _sgd(data, ddp=2)))
+    results = parallel.launch(_train_each_on_this_rank, 2, (cases,))
+    return dict(zip(DDP_CASES, results))
+
+
+@pytest.mark.parametrize(("name", "kind"), DDP_CASES)
+def test_two_processes_match_one_with_the_global_batch(name: str, kind: str,
+                                                       two_process_results) -> None:
     """2 gloo processes, each with half of every batch: after 3 SGD steps the parameters (and
     BatchNorm statistics) are those of one process with the whole batch."""
     torch.set_num_threads(1)
-    scen, data = make_tiny(kind, n=24)
-    spec = resolve_method(name)
+    spec, scen, data = _ddp_case(name, kind)
     one = train(spec, scen, data, _sgd(data), 0, rule_names=["val_loss"], keep_state=True)
-    two = train(spec, scen, data, _sgd(data, ddp=2), 0, rule_names=["val_loss"],
-                keep_state=True)
+    two = two_process_results[(name, kind)]
     assert one.steps == two.steps == 3
     assert _max_diff(one.state, two.state) < 1e-5
     for task, metrics in one.test_metrics.items():
