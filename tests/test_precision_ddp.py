@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,19 +152,30 @@ def _train_each_on_this_rank(cases: list[tuple]) -> list | None:
     return None if results[0] is None else results
 
 
-@pytest.fixture(scope="module")
-def two_process_results() -> dict[tuple[str, str], object]:
-    """Every case of :data:`DDP_CASES` trained on 2 gloo processes in ONE process-group launch
-    (starting processes is the slow part), each with half of every batch: case -> result."""
+@pytest.fixture(scope="module", autouse=True)
+def two_process_launch(request) -> Iterator[Future | None]:
+    """Every case of :data:`DDP_CASES` trained on 2 gloo processes, each with half of every
+    batch, in ONE process-group launch, started in a background thread when the module starts:
+    the fork server's start-up (imports) and the ranks' training overlap the other tests of the
+    file instead of following them. ``None`` when no 2-process comparison is selected."""
     from bench.run import parallel
 
-    torch.set_num_threads(1)
-    cases = []
+    if not any(item.name.startswith("test_two_processes_match") for item in
+               request.session.items):
+        yield None
+        return
+    cases = []  # built here, in the main thread: the thread only waits for the processes
     for name, kind in DDP_CASES:
         spec, _, data = _ddp_case(name, kind)
         cases.append((spec, data, _sgd(data, ddp=2)))
-    results = parallel.launch(_train_each_on_this_rank, 2, (cases,))
-    return dict(zip(DDP_CASES, results))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(parallel.launch, _train_each_on_this_rank, 2, (cases,), threads=1)
+
+
+@pytest.fixture(scope="module")
+def two_process_results(two_process_launch) -> dict[tuple[str, str], object]:
+    """case -> rank 0's result of the 2-process training (waits for the launch)."""
+    return dict(zip(DDP_CASES, two_process_launch.result()))
 
 
 @pytest.mark.parametrize(("name", "kind"), DDP_CASES)
