@@ -522,9 +522,37 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import DEFAULT_GROUPS, GROUPS
     from bench.perf import main as perf_main
 
-    return perf_main(repeats=args.repeats, jobs_scaling=args.jobs_scaling)
+    groups = [g for g in (args.only or ",".join(DEFAULT_GROUPS)).split(",") if g]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise UsageError(f"--only: unknown group(s) {', '.join(unknown)}; groups: "
+                         f"{', '.join(GROUPS)}")
+    if args.jobs_scaling and "jobs" not in groups:
+        groups.append("jobs")
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    if args.memory_methods in (None, ""):
+        memory = None
+    else:
+        from bench.registry import methods
+
+        memory = (methods.list() if args.memory_methods == "all"
+                  else [m for m in args.memory_methods.split(",") if m])
+        missing = [m for m in memory if m not in methods]
+        if missing:
+            raise UsageError(f"--memory-methods: unknown method(s) {', '.join(missing)}; see "
+                             f"`python -m bench list methods`")
+    docs = Path(args.write_docs) if args.write_docs else None
+    for path, flag in ((Path(args.json) if args.json else None, "--json"), (docs, "--write-docs")):
+        if path is not None:
+            writable_file(path, flag)
+    return perf_main(repeats=args.repeats, groups=groups, threads=args.threads,
+                     memory_methods=memory, json_path=Path(args.json) if args.json else None,
+                     docs_path=docs, results_dir=Path(args.results_dir),
+                     argv=args.command_line)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -670,11 +698,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("perf", help="speed ratios measured side by side in one run")
-    p.add_argument("--repeats", type=int, default=5)
+    p = sub.add_parser(
+        "perf", help="speed and memory comparisons measured side by side in one run",
+        description="Speed and memory comparisons, each a ratio A/B over interleaved repeats "
+                    "(A B A B ...) printed as median [min, max], with its goal, whether the "
+                    "median meets it, and what limits it: kernels (fused forward, bf16, MoLA "
+                    "convs, streaming), engine (a run's train() vs a bare PyTorch loop, goal "
+                    "<= 1.10), gradients (PCGrad, MGDA, CAGrad, IMTL, GradNorm vs the T-backward "
+                    "floor at T = 3 and 9, goal <= 1.25), startup (fresh `list methods` < 2 s, "
+                    "`leaderboard` < 5 s, `--help`, `results check`), memory (peak RSS of a smoke "
+                    "run per method), jobs (whole sweeps --jobs 1 vs 2; opt-in, minutes).")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats of every comparison (default 5)")
+    p.add_argument("--only", metavar="GROUPS",
+                   help="comma-separated groups to run: kernels, engine, gradients, startup, "
+                        "memory, jobs (default all but jobs)")
     p.add_argument("--jobs-scaling", action="store_true",
-                   help="instead: whole sweeps with --jobs 1 vs 2 (smoke --all, a default-profile "
-                        "slice), interleaved, as median [min, max] of the speed-up (slow)")
+                   help="also time whole sweeps with --jobs 1 vs 2 (smoke --all, a "
+                        "default-profile slice; goals >= 1.8 and >= 1.7; takes minutes)")
+    p.add_argument("--memory-methods", metavar="METHODS",
+                   help="methods whose peak memory is measured: comma-separated, or 'all' "
+                        "(default: hps and nine representative methods)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads of the in-process comparisons (default 1: a default "
+                        "sweep's threads per run, --jobs = cores)")
+    p.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+                   help="records that `results check` and `leaderboard` read in the start-up "
+                        "comparison (default results)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the rows and the machine (cores, torch, threads, load average "
+                        "before and after, date, command line) as JSON")
+    p.add_argument("--write-docs", nargs="?", const="docs/performance.md", metavar="FILE",
+                   help="regenerate docs/performance.md (or FILE) from this run: a table per "
+                        "group with each ratio, its goal, met or not and what limits it")
     p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser(
@@ -706,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # as typed (perf records it)
     if getattr(args, "jobs", 1) is not None and getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be at least 1")
     if getattr(args, "threads", None) is not None and args.threads < 1:

@@ -10,7 +10,8 @@ that setting). Sample ``n``
 of task ``t`` is computed with ``W + ΔW_t`` (Eq. 1 with α_n = one-hot(t)), so the loss of task
 ``t`` reaches only adapter ``t`` and the shared weights: explicit gradient separation. The paper's
 grouped convolution (Eq. 2–3) is available as ``arch.path=grouped``; the default splits the batch
-by task (same result, a plain convolution's cost; see :func:`bench.perf.mola_conv_benchmark`).
+by task (same result, a plain convolution's cost; see
+:func:`bench.perf.kernels.mola_conv_benchmark`).
 
 * Multi-input scenarios (domain and multi-input task heterogeneity): the task id of each row comes
   from the data pipeline (``task_ids``), at training and at test time (target-aware inference).

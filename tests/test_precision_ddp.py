@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,18 +134,59 @@ def test_fp16_scaler_shows_the_weighting_true_gradients(name: str, monkeypatch) 
         < 0.1 * moved
 
 
-# HPS (all-reduced final gradients) and PCGrad (all-reduced task gradients; every gradient
-# weighting takes that path): each comparison starts processes, the file's slowest part
-@pytest.mark.parametrize(("name", "kind"), [("hps", "single_input"), ("pcgrad", "multi_input")])
-def test_two_processes_match_one_with_the_global_batch(name: str, kind: str) -> None:
+#: the 2-process comparisons: HPS (all-reduced final gradients) and PCGrad (all-reduced task
+#: gradients; every gradient weighting takes that path)
+DDP_CASES = [("hps", "single_input"), ("pcgrad", "multi_input")]
+
+
+def _ddp_case(name: str, kind: str) -> tuple:
+    scen, data = make_tiny(kind, n=24)
+    return resolve_method(name), scen, data
+
+
+def _train_each_on_this_rank(cases: list[tuple]) -> list | None:
+    """On every rank of one process group: each case's data-parallel training in turn; rank 0
+    returns the results (the others ``None``)."""
+    results = [engine._train(spec, data, setup, 0, None, ["val_loss"], True)
+               for spec, data, setup in cases]
+    return None if results[0] is None else results
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_process_launch(request) -> Iterator[Future | None]:
+    """Every case of :data:`DDP_CASES` trained on 2 gloo processes, each with half of every
+    batch, in ONE process-group launch, started in a background thread when the module starts:
+    the fork server's start-up (imports) and the ranks' training overlap the other tests of the
+    file instead of following them. ``None`` when no 2-process comparison is selected."""
+    from bench.run import parallel
+
+    if not any(item.name.startswith("test_two_processes_match") for item in
+               request.session.items):
+        yield None
+        return
+    cases = []  # built here, in the main thread: the thread only waits for the processes
+    for name, kind in DDP_CASES:
+        spec, _, data = _ddp_case(name, kind)
+        cases.append((spec, data, _sgd(data, ddp=2)))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(parallel.launch, _train_each_on_this_rank, 2, (cases,), threads=1)
+
+
+@pytest.fixture(scope="module")
+def two_process_results(two_process_launch) -> dict[tuple[str, str], object]:
+    """case -> rank 0's result of the 2-process training (waits for the launch)."""
+    return dict(zip(DDP_CASES, two_process_launch.result()))
+
+
+@pytest.mark.parametrize(("name", "kind"), DDP_CASES)
+def test_two_processes_match_one_with_the_global_batch(name: str, kind: str,
+                                                       two_process_results) -> None:
     """2 gloo processes, each with half of every batch: after 3 SGD steps the parameters (and
     BatchNorm statistics) are those of one process with the whole batch."""
     torch.set_num_threads(1)
-    scen, data = make_tiny(kind, n=24)
-    spec = resolve_method(name)
+    spec, scen, data = _ddp_case(name, kind)
     one = train(spec, scen, data, _sgd(data), 0, rule_names=["val_loss"], keep_state=True)
-    two = train(spec, scen, data, _sgd(data, ddp=2), 0, rule_names=["val_loss"],
-                keep_state=True)
+    two = two_process_results[(name, kind)]
     assert one.steps == two.steps == 3
     assert _max_diff(one.state, two.state) < 1e-5
     for task, metrics in one.test_metrics.items():

@@ -15,7 +15,7 @@
   - ``"sum"`` — ``conv(x, W) + Σ_k α_k ⊙ conv(x, ΔW_k)``, computed as one convolution with the
     stacked weight ``[W; ΔW_1; ...; ΔW_K]`` (the "masked sum" when α is one-hot).
   - ``"auto"`` (default) — ``split`` for one-hot α, ``sum`` for soft α (the faster of ``grouped``
-    and ``sum`` in :func:`bench.perf.mola_conv_benchmark`).
+    and ``sum`` in :func:`bench.perf.kernels.mola_conv_benchmark`).
 * :class:`MoLALinear` — the same for an ``nn.Linear`` (the Transformer of §5.5, Table 8
   "ResNet vs Transformer"): ``A_k`` (r, C_in), ``B_k`` (C_out, r), ``W + Σ_k α_{n,k} B_k A_k ·
   alpha / r``. Its input may carry any number of token dimensions — ``(N, L, C)``, ``(N, H, W, C)``

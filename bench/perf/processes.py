@@ -1,0 +1,147 @@
+"""Comparisons timed on whole processes: the start-up of instant commands, the peak memory of a
+smoke run per method, and whole sweeps with ``--jobs 1`` against ``--jobs 2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.perf.rows import Goal, Row, explain, ratio_row, spread
+
+#: instant commands: (name, ``python -m bench`` arguments, goal in seconds); ``{results}`` and
+#: ``{tmp}`` are filled in
+STARTUP_COMMANDS: tuple[tuple[str, tuple[str, ...], Goal | None], ...] = (
+    ("list methods", ("list", "methods"), Goal("<", 2.0)),
+    ("--help", ("--help",), None),
+    ("results check", ("results", "check", "--results-dir", "{results}"), None),
+    ("leaderboard", ("leaderboard", "--results-dir", "{results}", "--output",
+                     "{tmp}/leaderboard.md"), Goal("<", 5.0)),
+)
+#: the methods whose peak memory ``perf`` measures unless told otherwise (one per family of
+#: cost: plain sharing, the gradient methods of the issue, task-specific encoders, experts)
+MEMORY_METHODS = ("hps", "pcgrad", "mgda", "cagrad", "imtl", "gradnorm", "mtan", "mmoe",
+                  "cross_stitch", "single_task")
+#: what a start-up command does beyond the bare interpreter, named where its goal is missed
+STARTUP_WORK = {
+    "list methods": "importing the CLI and reading the plugin files' registrations from source",
+    "leaderboard": "reading and validating every record, the statistics (scipy) and the "
+                   "figures (matplotlib)",
+}
+
+
+def _seconds(cmd: list[str], cwd: Path | None = None) -> tuple[float, int]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start, done.returncode
+
+
+def startup_benchmark(repeats: int = 5, results_dir: Path = Path("results"),
+                      commands: tuple[tuple[str, tuple[str, ...], Goal | None], ...] | None
+                      = None) -> list[Row]:
+    """Wall time of fresh ``python -m bench ...`` processes for each instant command, in
+    interleaved rounds (every command, then the bare interpreter ``python -c pass``, in turn);
+    a row per command: seconds, median [min, max], with the interpreter's own start-up.
+    ``commands``: :data:`STARTUP_COMMANDS` by default."""
+    commands = STARTUP_COMMANDS if commands is None else commands
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+        filled = {name: [sys.executable, "-m", "bench",
+                         *(a.format(results=results_dir, tmp=tmp) for a in args)]
+                  for name, args, _ in commands}
+        filled["python -c pass"] = [sys.executable, "-c", "pass"]
+        times: dict[str, list[float]] = {name: [] for name in filled}
+        codes: dict[str, set[int]] = {name: set() for name in filled}
+        for _ in range(repeats):
+            for name, cmd in filled.items():
+                seconds, code = _seconds(cmd)
+                times[name].append(seconds)
+                codes[name].add(code)
+    interpreter = spread(times["python -c pass"])[0]
+    rows = []
+    for name, _, goal in commands:
+        med, low, high = spread(times[name])
+        row = Row("start-up", f"python -m bench {name}", "fresh process, wall time", med, low,
+                  high, repeats, "s", goal,
+                  details={"interpreter s": interpreter, "exit codes": sorted(codes[name])})
+        work = STARTUP_WORK.get(name, "importing the CLI")
+        rows.append(explain(row, f"{work} (the bare interpreter alone takes "
+                                 f"{interpreter:.2f} s here)"))
+    return rows
+
+
+def memory_benchmark(methods: tuple[str, ...] = MEMORY_METHODS, scenario: str = "digits_domains",
+                     profile: str = "smoke", threads: int = 1) -> list[Row]:
+    """Peak resident memory of one ``profile`` run of each method on ``scenario``, each in a
+    child forked from one fresh interpreter that has loaded the engine and the data
+    (:mod:`bench.perf.memory`); a row per method in MB, with its ratio to HPS's (informational:
+    no goal, one measurement each)."""
+    cmd = [sys.executable, "-m", "bench.perf.memory", scenario, profile, str(threads), *methods]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if not results:
+        raise RuntimeError(f"the memory probe failed: {done.stderr.strip()[-500:]}")
+    reference = next((r["peak_mb"] for r in results if r["method"] == "hps"), None)
+    rows = []
+    for r in results:
+        mb = r["peak_mb"]
+        details = {"run s": round(r["seconds"], 2), "probe total s": round(elapsed, 1)}
+        if r["baseline_mb"] is not None:
+            details["parent at fork MB"] = round(r["baseline_mb"])
+        if reference:
+            details["vs hps"] = mb / reference
+        limits = "" if r["exit"] == 0 else f"the run failed (exit {r['exit']}): not comparable"
+        rows.append(Row("peak memory", f"{r['method']}: one {profile} run on {scenario}",
+                        "peak RSS of the process", mb, mb, mb, 1, "MB", None, limits, details))
+    return rows
+
+
+#: the sweeps of :func:`jobs_scaling_benchmark`: (name, ``run`` arguments, goal of the speed-up)
+JOBS_WORKLOADS: tuple[tuple[str, tuple[str, ...], Goal | None], ...] = (
+    ("run --all --profile smoke", ("--all", "--profile", "smoke"), Goal(">=", 1.8)),
+    ("default profile, hps,pcgrad on digits_domains, seeds 0,1",
+     ("--method", "hps,pcgrad", "--scenario", "digits_domains", "--seeds", "0,1"),
+     Goal(">=", 1.7)),
+)
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load averages, or ``None`` where the system has none."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def jobs_scaling_benchmark(repeats: int = 3, jobs: tuple[int, int] = (1, 2),
+                           workloads: tuple[tuple[str, tuple[str, ...], Goal | None], ...]
+                           = JOBS_WORKLOADS) -> list[Row]:
+    """Wall time of whole ``python -m bench run`` sweeps with ``--jobs`` ``jobs[0]`` (A) and
+    ``jobs[1]`` (B), each in a fresh results folder, interleaved A B A B ...; a row per workload
+    of the speed-up A/B. Printed as it goes, with the load average (a shared machine is noisy)."""
+    rows = []
+    for name, args, goal in workloads:
+        times: dict[int, list[float]] = {j: [] for j in jobs}
+        for repeat in range(repeats):
+            for j in jobs:
+                with tempfile.TemporaryDirectory() as tmp:
+                    load = load_average()
+                    seconds, code = _seconds([sys.executable, "-m", "bench", "run", *args,
+                                              "--jobs", str(j), "--results-dir",
+                                              str(Path(tmp) / "r")])
+                times[j].append(seconds)
+                note = "" if code == 0 else f" (exit {code})"
+                print(f"  {name}: repeat {repeat + 1}, --jobs {j}: {seconds:.1f} s{note}, "
+                      f"load average before {load}", flush=True)
+        row = ratio_row("jobs scaling", name, f"--jobs {jobs[0]} vs --jobs {jobs[1]} wall time "
+                                              f"(speed-up)", times[jobs[0]], times[jobs[1]],
+                        goal, unit_of_times="s")
+        rows.append(explain(row, "per-run start-up and the parent's planning do not overlap "
+                                 "with training, and the cores are shared with other work"))
+    return rows
