@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -28,10 +29,17 @@ class Interval:
     std: float
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean ± t_{(1+c)/2, n−1} · s / √n over ``values`` (one per seed)."""
+@cache
+def t_quantile(confidence: float, dof: int) -> float:
+    """``t_{(1+c)/2, dof}``, scipy.stats' Student-t quantile (cached: a table asks for the same
+    few degrees of freedom over and over)."""
     from scipy import stats
 
+    return float(stats.t.ppf((1 + confidence) / 2, dof))
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean ± t_{(1+c)/2, n−1} · s / √n over ``values`` (one per seed)."""
     n = len(values)
     try:
         mean = statistics.fmean(values)
@@ -40,7 +48,7 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
         return Interval(math.nan, math.nan, n, math.nan)
     if n < 2 or not math.isfinite(std):
         return Interval(mean, math.nan, n, std)
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    half = t_quantile(confidence, n - 1) * std / math.sqrt(n)
     return Interval(mean, half, n, std)
 
 
