@@ -57,6 +57,11 @@ def test_goals_and_limits() -> None:
     slow = explain(Row("g", "b", "c", 1.3, 1.2, 1.5, 3, goal=Goal("<=", 1.1)), "the solve")
     assert slow.limits.startswith("even the best") and "the solve" in slow.limits
     assert explain(Row("g", "b", "c", 1.0, 1.0, 1.0, 1, goal=Goal("<=", 1.1)), "x").limits == ""
+    # a speed-up goal (>=): the best repeat is the largest one
+    fast_once = explain(Row("g", "b", "c", 1.57, 1.38, 1.87, 3, goal=Goal(">=", 1.8)), "fixed")
+    assert fast_once.limits.startswith("noise") and "(1.87)" in fast_once.limits
+    never = explain(Row("g", "b", "c", 1.49, 1.42, 1.50, 3, goal=Goal(">=", 1.7)), "fixed")
+    assert never.limits.startswith("even the best")
     assert "loaded" in load_note([1.5, 1, 1], [2.0, 1, 1], cores=2)
     assert load_note([0.2, 0, 0], [0.3, 0, 0], cores=2) == "" and load_note(None, None, 2) == ""
 

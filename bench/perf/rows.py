@@ -34,6 +34,11 @@ class Goal:
     def met_by(self, median: float) -> bool:
         return _COMPARE[self.op](median, self.value)
 
+    def best(self, minimum: float, maximum: float) -> float:
+        """The repeat nearest to meeting the goal: the largest for ``>=``/``>``, else the
+        smallest."""
+        return maximum if self.op in (">=", ">") else minimum
+
     def text(self, unit: str = "") -> str:
         suffix = f" {unit}" if unit and unit != "×" else ""
         return f"{_SYMBOL[self.op]} {self.value:g}{suffix}"
@@ -115,9 +120,10 @@ def explain(row: Row, cause: str) -> Row:
     (then the spread of a noisy machine moves the median)."""
     if row.met is not False or row.goal is None:
         return row
-    if row.goal.met_by(row.minimum):
+    best = row.goal.best(row.minimum, row.maximum)
+    if row.goal.met_by(best):
         row.limits = (f"noise: the best of {row.repeats} repeats meets the goal "
-                      f"({row.minimum:.2f}); otherwise {cause}")
+                      f"({best:.2f}); otherwise {cause}")
     else:
         row.limits = f"even the best of {row.repeats} repeats misses it: {cause}"
     return row
