@@ -272,7 +272,8 @@ def test_committed_records_match_the_current_configs() -> None:
     current, _ = _committed_records()
     for rec in current:
         cfg = build_config(rec["method"], rec["scenario"], rec["seed"], rec["profile"],
-                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
+                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"),
+                           rec["config"].get("search"))
         assert json.loads(canonical_json(cfg)) == rec["config"], f"{rec['_path']}: changed"
         assert config_hash(cfg) == rec["config_hash"]
 
@@ -288,7 +289,8 @@ def test_stale_committed_records_differ_only_by_an_older_data_version() -> None:
         version = rec["config"]["scenario_data_version"]
         assert int(version) < int(scenarios.get(rec["scenario"]).data_version), rec["_path"]
         cfg = build_config(rec["method"], rec["scenario"], rec["seed"], rec["profile"],
-                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"))
+                           rec["config"].get("overrides"), rec["label"], rec.get("ablation"),
+                           rec["config"].get("search"))
         assert config_hash(cfg) != rec["config_hash"]
         cfg["scenario_data_version"] = version
         if "init" not in rec["config"]:  # records made before the pretrained start (issue 13)

@@ -203,20 +203,23 @@ def backbone_start(spec: MethodSpec, scen: Scenario, profile: str) -> dict[str, 
 
 def make_run(method: str, scenario: str, seed: int, profile: str,
              overrides: dict[str, Any] | None = None, label: str = "",
-             ablation: str | None = None) -> RunSpec:
-    """Resolve ``method`` (a name or ``A+B``) with its overrides on ``scenario`` into a run."""
+             ablation: str | None = None, search: dict[str, Any] | None = None) -> RunSpec:
+    """Resolve ``method`` (a name or ``A+B``) with its overrides on ``scenario`` into a run
+    (``search``: the mark of a search's trial or re-run, :func:`resolve_run`)."""
     spec = resolve_run_method(method, overrides, profile)
     scen = scenarios.get(scenario)()
     rows = (ablation_rows(ablation, scen, profile)
             if ablation is not None and ablation in ablations else None)
-    return resolve_run(spec, method, scen, seed, profile, overrides, label, ablation, rows=rows)
+    return resolve_run(spec, method, scen, seed, profile, overrides, label, ablation, search,
+                       rows=rows)
 
 
 def build_config(method: str, scenario: str, seed: int, profile: str,
                  overrides: dict[str, Any] | None = None, label: str = "",
-                 ablation: str | None = None) -> dict[str, Any]:
+                 ablation: str | None = None, search: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """The full, self-describing config of one run (validates names and compatibility)."""
-    return make_run(method, scenario, seed, profile, overrides, label, ablation).config
+    return make_run(method, scenario, seed, profile, overrides, label, ablation, search).config
 
 
 @dataclass
