@@ -522,14 +522,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf import DEFAULT_GROUPS, GROUPS
+    from bench.perf import DEFAULT_GROUPS, check_groups
     from bench.perf import main as perf_main
 
     groups = [g for g in (args.only or ",".join(DEFAULT_GROUPS)).split(",") if g]
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise UsageError(f"--only: unknown group(s) {', '.join(unknown)}; groups: "
-                         f"{', '.join(GROUPS)}")
+    try:
+        check_groups(groups)
+    except ValueError as err:
+        raise UsageError(f"--only: {err}") from None
     if args.jobs_scaling and "jobs" not in groups:
         groups.append("jobs")
     if args.repeats < 1:

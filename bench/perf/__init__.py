@@ -28,6 +28,13 @@ DEFAULT_GROUPS = ("kernels", "engine", "gradients", "startup", "memory")
 GROUPS = (*DEFAULT_GROUPS, "jobs")
 
 
+def check_groups(groups: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming any of ``groups`` that is not one of :data:`GROUPS`."""
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(GROUPS)}")
+
+
 def _group_runners(repeats: int, threads: int, memory_methods: Sequence[str] | None,
                    results_dir: Path) -> dict[str, Callable[[], list[Row]]]:
     from bench.perf import engine, gradients, kernels, processes
@@ -71,10 +78,7 @@ def main(repeats: int = 5, groups: Sequence[str] = DEFAULT_GROUPS, threads: int 
     from bench.perf import report
     from bench.perf.processes import load_average
 
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise ValueError(f"unknown perf group(s) {', '.join(unknown)}; groups: "
-                         f"{', '.join(GROUPS)}")
+    check_groups(groups)
     torch.set_num_threads(threads)
     before, start = load_average(), time.perf_counter()
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} thread(s), "

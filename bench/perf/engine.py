@@ -5,13 +5,12 @@ selection (the epoch of the lowest normalised validation loss, then the test spl
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from bench.perf.rows import Goal, Row, explain, ratio_row
+from bench.perf.rows import Goal, Row, explain, interleaved_times, ratio_row
 
 GROUP = "engine"
 GOAL = Goal("<=", 1.10)
@@ -118,27 +117,14 @@ def engine_vs_bare_benchmark(repeats: int = 3, scenario: str = "digits_domains",
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
 
-    def timed(fn: Any) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    def engine() -> None:
-        engine_train(data, scenario, epochs)
-
-    def bare() -> None:
-        bare_train(data, epochs)
-
-    engine(), bare()  # warm-up: first-call allocations, lazy imports
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(timed(engine))
-        b.append(timed(bare))
+    times = interleaved_times({"engine": lambda: engine_train(data, scenario, epochs),
+                               "bare": lambda: bare_train(data, epochs)}, repeats)
     steps = max(-(-data.train.size(t) // setup.batch_size) for t in data.task_names)
     row = ratio_row(GROUP, f"HPS run, {scenario} ({profile} profile, {epochs} epochs x {steps} "
                            f"steps, batch {setup.batch_size}, validation every epoch)",
                     "engine train() vs bare PyTorch loop (same training, validation, "
-                    "selection)", a, b, GOAL, unit_of_times="s")
+                    "selection)", times["engine"], times["bare"], GOAL,
+                    unit_of_times="s")
     return [explain(row, "the engine's bookkeeping per step and epoch (task sampler objects, "
                          "the weighting's backward call and task-weight log, metric "
                          "accumulators, the selection history)")]

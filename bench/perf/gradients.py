@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.perf.rows import Goal, Row, explain, interleaved_times, ratio_row
+from bench.perf.rows import Goal, Row, explain, interleaved_times, ratio_row, ratios, spread
 
 GROUP = "gradient methods"
 GOAL = Goal("<=", 1.25)
@@ -111,14 +111,9 @@ def gradient_methods_benchmark(repeats: int = 5, scenario: str = "digits_scene",
                               times["hps"]))
         for method in methods:
             row = ratio_row(GROUP, name, f"{method} step vs T-backward floor", times[method],
-                            times["floor"], GOAL, vs_hps=_median_ratio(times[method],
-                                                                       times["hps"]))
+                            times["floor"], GOAL,
+                            vs_hps=spread(ratios(times[method], times["hps"]))[0])
             rows.append(explain(row, f"what {method} adds to the floor: "
                                      f"{BEYOND_FLOOR.get(method, 'its weighting')}"))
     return rows
 
-
-def _median_ratio(a: list[float], b: list[float]) -> float:
-    import statistics
-
-    return statistics.median(x / y for x, y in zip(a, b))

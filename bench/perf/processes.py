@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from bench.perf.rows import Goal, Row, explain, ratio_row, spread
+from bench.perf.rows import Goal, Row, explain, interleaved_times, ratio_row, spread
 
 #: instant commands: (name, ``python -m bench`` arguments, goal in seconds); ``{results}`` and
 #: ``{tmp}`` are filled in
@@ -54,13 +55,14 @@ def startup_benchmark(repeats: int = 5, results_dir: Path = Path("results"),
                          *(a.format(results=results_dir, tmp=tmp) for a in args)]
                   for name, args, _ in commands}
         filled["python -c pass"] = [sys.executable, "-c", "pass"]
-        times: dict[str, list[float]] = {name: [] for name in filled}
         codes: dict[str, set[int]] = {name: set() for name in filled}
-        for _ in range(repeats):
-            for name, cmd in filled.items():
-                seconds, code = _seconds(cmd)
-                times[name].append(seconds)
-                codes[name].add(code)
+
+        def start(name: str) -> None:
+            codes[name].add(subprocess.run(filled[name], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL).returncode)
+
+        times = interleaved_times({name: partial(start, name) for name in filled}, repeats,
+                                  warmup=False)
     interpreter = spread(times["python -c pass"])[0]
     rows = []
     for name, _, goal in commands:

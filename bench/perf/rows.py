@@ -83,17 +83,21 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """``a[i] / b[i]`` of paired, interleaved repeats."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} A repeats against {len(b)} B repeats: pairs are needed")
+    return [x / y for x, y in zip(a, b)]
+
+
 def ratio_row(group: str, benchmark: str, compared: str, a: Sequence[float],
               b: Sequence[float], goal: Goal | None = None, limits: str = "",
               unit_of_times: str = "ms", **details: Any) -> Row:
     """The row of the ratios ``a[i] / b[i]`` of paired, interleaved repeats (times in seconds;
     their medians are kept in ``details`` in ``unit_of_times``)."""
-    if len(a) != len(b):
-        raise ValueError(f"{len(a)} A repeats against {len(b)} B repeats: pairs are needed")
-    ratios = [x / y for x, y in zip(a, b)]
     scale = {"ms": 1000.0, "s": 1.0}[unit_of_times]
-    med, low, high = spread(ratios)
-    return Row(group, benchmark, compared, med, low, high, len(ratios), "×", goal, limits,
+    med, low, high = spread(ratios(a, b))
+    return Row(group, benchmark, compared, med, low, high, len(a), "×", goal, limits,
                {f"A {unit_of_times}": statistics.median(a) * scale,
                 f"B {unit_of_times}": statistics.median(b) * scale, **details})
 
