@@ -50,6 +50,16 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str]] = {
     "ok without tasks": (lambda r: r.pop("tasks"), "tasks: Field required"),
     "negative seed": (lambda r: r.update(seed=-1), "greater than or equal to 0"),
     "params a float": (lambda r: r.update(trainable_params=1.5), "trainable_params"),
+    # a rule's pick is read by every table (found by test_properties' random mutations)
+    "selection without test": (lambda r: r["selection"]["val_loss"].pop("test"),
+                               "selection.val_loss.test: Field required"),
+    "selection test null": (lambda r: r["selection"]["val_loss"].update(test=None),
+                            "selection.val_loss.test: Input should be a valid dictionary"),
+    "task missing from a selection": (lambda r: r["selection"]["oracle"]["test"].pop(_task(r)),
+                                      "selection.oracle.test has no task"),
+    "metric missing from a selection": (
+        lambda r: r["selection"]["last"]["test"][_task(r)].pop("accuracy"),
+        "has no metric 'accuracy'"),
 }
 
 

@@ -6,9 +6,9 @@ problem) and treated as absent, so the next sweep runs it again — never a cras
 
 What the schema guarantees to the report code: ``seed`` is a non-negative integer, every metric
 is a finite number, an ``ok`` record has ``tasks`` and its ``metrics.test`` holds every metric
-of every task it lists, parameter counts are integers, ``param_scaling`` maps task counts to
-integers. Unknown keys are allowed (records gain fields over time); the types are strict (a
-seed ``"0"`` is not a seed).
+of every task it lists (and so does ``selection.<rule>.test`` for every rule stored), parameter
+counts are integers, ``param_scaling`` maps task counts to integers. Unknown keys are allowed
+(records gain fields over time); the types are strict (a seed ``"0"`` is not a seed).
 
 Torch-free and free of the rest of ``bench`` (``tests/test_layout.py``).
 """
@@ -87,24 +87,39 @@ class Metrics(_Open):
     test: SplitMetrics
 
 
+class Selected(_Open):
+    """What one model-selection rule chose: the epoch and the metrics there."""
+
+    epoch: NonNegative | None = None
+    val: SplitMetrics | None = None
+    test: SplitMetrics
+
+
 class OkRecord(_Record):
-    """A finished run: test metrics for every task and metric it declares."""
+    """A finished run: test metrics for every task and metric it declares, under the default
+    selection (``metrics.test``) and under every rule it stores (``selection.<rule>.test``)."""
 
     status: Literal["ok"]
     metrics: Metrics
     tasks: Annotated[list[TaskDescription], Field(min_length=1)]
     trainable_params: Count
     total_params: Count
+    #: per model-selection rule (records written before the rules existed have none)
+    selection: dict[Name, Selected] | None = None
 
     @model_validator(mode="after")
     def _every_declared_metric_is_reported(self) -> OkRecord:
-        for task in self.tasks:
-            reported = self.metrics.test.get(task.name)
-            if reported is None:
-                raise ValueError(f"metrics.test has no task {task.name!r}")
-            for metric in task.metrics:
-                if metric.name not in reported:
-                    raise ValueError(f"metrics.test.{task.name} has no metric {metric.name!r}")
+        splits = {"metrics.test": self.metrics.test}
+        for rule, chosen in (self.selection or {}).items():
+            splits[f"selection.{rule}.test"] = chosen.test
+        for where, split in splits.items():
+            for task in self.tasks:
+                reported = split.get(task.name)
+                if reported is None:
+                    raise ValueError(f"{where} has no task {task.name!r}")
+                for metric in task.metrics:
+                    if metric.name not in reported:
+                        raise ValueError(f"{where}.{task.name} has no metric {metric.name!r}")
         return self
 
 
