@@ -167,3 +167,25 @@ def test_the_same_name_declared_by_two_files_is_refused(tmp_path: Path, monkeypa
     monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(plugins))
     with pytest.raises(ValueError, match="'twice_m' is registered twice"):
         registry.methods.list()
+
+
+def test_python_m_bench_ends_with_mains_code_its_whole_output_and_the_atexit_handlers() -> None:
+    """``python -m bench`` skips the interpreter's teardown (``os._exit``) but loses nothing:
+    every line printed, ``main``'s exit code, the ``atexit`` handlers run (here one registered
+    before the entry point runs)."""
+    wrapper = ("import atexit, runpy, sys\n"
+               "atexit.register(lambda: print('atexit handler ran', flush=True))\n"
+               "sys.argv = ['bench', *sys.argv[1:]]\n"
+               "runpy.run_module('bench', run_name='__main__')\n")
+    listed = subprocess.run([sys.executable, "-c", wrapper, "list", "methods"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[-1] == "atexit handler ran"
+    names = {line.split()[0] for line in lines[:-1] if line.strip()}
+    assert set(registry.methods.names()) <= names and len(names) >= 56
+    refused = subprocess.run([sys.executable, "-c", wrapper, "leaderboard", "--selection",
+                              "nonsense"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ")
+    assert refused.stdout == "atexit handler ran\n"
