@@ -707,15 +707,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "<= 1.10), gradients (PCGrad, MGDA, CAGrad, IMTL, GradNorm vs the T-backward "
                     "floor at T = 3 and 9, goal <= 1.25), startup (fresh `list methods` < 2 s, "
                     "`leaderboard` < 5 s, `--help`, `results check`), memory (peak RSS of a smoke "
-                    "run per method), jobs (whole sweeps --jobs 1 vs 2; opt-in, minutes).")
+                    "run per method), jobs (whole sweeps on one core, with --jobs 1 and with "
+                    "--jobs 2; opt-in, minutes).")
     p.add_argument("--repeats", type=int, default=5,
                    help="interleaved repeats of every comparison (default 5)")
     p.add_argument("--only", metavar="GROUPS",
                    help="comma-separated groups to run: kernels, engine, gradients, startup, "
                         "memory, jobs (default all but jobs)")
     p.add_argument("--jobs-scaling", action="store_true",
-                   help="also time whole sweeps with --jobs 1 vs 2 (smoke --all, a "
-                        "default-profile slice; goals >= 1.8 and >= 1.7; takes minutes)")
+                   help="also time whole sweeps on one core (--jobs 1 --threads 1), with --jobs 1 "
+                        "and with --jobs 2 (smoke --all, a default-profile slice; goals of "
+                        "--jobs 2 over one core >= 1.8 and >= 1.7; takes minutes)")
     p.add_argument("--memory-methods", metavar="METHODS",
                    help="methods whose peak memory is measured: comma-separated, or 'all' "
                         "(default: hps and nine representative methods)")

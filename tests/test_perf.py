@@ -159,12 +159,22 @@ def test_memory_rows_run() -> None:
 
 
 def test_jobs_scaling_rows_run(tmp_path: Path, monkeypatch) -> None:
-    """Only the bookkeeping: each sweep is a cheap stand-in command."""
-    monkeypatch.setattr(processes, "_seconds", lambda cmd, cwd=None: (2.0 if "1" in cmd
-                                                                       else 1.0, 0))
+    """Only the bookkeeping: each sweep is a stand-in whose time its flags decide (one core
+    4 s, --jobs 1 with its threads 3 s, --jobs 2 2 s)."""
+    commands: list[list[str]] = []
+
+    def seconds(cmd: list[str], cwd: Path | None = None) -> tuple[float, int]:
+        commands.append(cmd)
+        return (4.0 if "--threads" in cmd else 3.0 if cmd[cmd.index("--jobs") + 1] == "1"
+                else 2.0), 0
+
+    monkeypatch.setattr(processes, "_seconds", seconds)
     rows = processes.jobs_scaling_benchmark(
         repeats=2, workloads=(("stand-in", ("--list",), Goal(">=", 1.8)),))
-    assert rows[0].median == 2.0 and rows[0].met is True and rows[0].repeats == 2
+    scaling, threads = rows
+    assert scaling.median == 2.0 and scaling.met is True and scaling.repeats == 2
+    assert threads.median == 1.5 and threads.goal is None and "no goal" in threads.limits
+    assert len(commands) == 6 and len({c[c.index("--results-dir") + 1] for c in commands}) == 6
 
 
 def test_cli_writes_json_and_docs(tmp_path: Path, monkeypatch) -> None:

@@ -9,7 +9,8 @@ where it does not:
 * ``engine`` (:mod:`bench.perf.engine`): a run's ``train()`` against a bare PyTorch loop;
 * ``gradients`` (:mod:`bench.perf.gradients`): gradient methods against the T-backward floor;
 * ``startup``, ``memory``, ``jobs`` (:mod:`bench.perf.processes`): fresh processes of the
-  instant commands, peak memory per method, sweeps with ``--jobs 1`` against ``--jobs 2``.
+  instant commands, peak memory per method, sweeps on one core and with ``--jobs 1`` against
+  ``--jobs 2``.
 
 :mod:`bench.perf.report` writes them as JSON and as ``docs/performance.md``. Nothing here is a
 test: no test asserts a speed.

@@ -1,5 +1,5 @@
 """Comparisons timed on whole processes: the start-up of instant commands, the peak memory of a
-smoke run per method, and whole sweeps with ``--jobs 1`` against ``--jobs 2``.
+smoke run per method, and whole sweeps on one core and with ``--jobs 1`` against ``--jobs 2``.
 """
 
 from __future__ import annotations
@@ -104,13 +104,26 @@ def memory_benchmark(methods: tuple[str, ...] = MEMORY_METHODS, scenario: str = 
     return rows
 
 
-#: the sweeps of :func:`jobs_scaling_benchmark`: (name, ``run`` arguments, goal of the speed-up)
+#: the sweeps of :func:`jobs_scaling_benchmark`: (name, ``run`` arguments, goal of the speed-up
+#: of ``--jobs 2`` over one core)
 JOBS_WORKLOADS: tuple[tuple[str, tuple[str, ...], Goal | None], ...] = (
     ("run --all --profile smoke", ("--all", "--profile", "smoke"), Goal(">=", 1.8)),
     ("default profile, hps,pcgrad on digits_domains, seeds 0,1",
      ("--method", "hps,pcgrad", "--scenario", "digits_domains", "--seeds", "0,1"),
      Goal(">=", 1.7)),
 )
+#: the sweeps timed per workload, in this order each repeat: ``--jobs 1`` on one core (one
+#: torch thread: the sweep of one core the scaling goal is against), ``--jobs 1`` with its
+#: default threads (every core through torch's intra-op threads) and ``--jobs 2`` (two worker
+#: processes of one thread each)
+JOBS_VARIANTS: dict[str, tuple[str, ...]] = {
+    "one core": ("--jobs", "1", "--threads", "1"),
+    "--jobs 1": ("--jobs", "1"),
+    "--jobs 2": ("--jobs", "2"),
+}
+#: what keeps a sweep of two processes from twice the speed of one
+JOBS_LIMITS = ("a sweep's fixed costs (the parent's start-up and planning, the workers' "
+               "start-up, the leaderboard written at the end) do not shrink with --jobs")
 
 
 def load_average() -> tuple[float, float, float] | None:
@@ -121,31 +134,41 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
-def jobs_scaling_benchmark(repeats: int = 3, jobs: tuple[int, int] = (1, 2),
+def jobs_scaling_benchmark(repeats: int = 3,
                            workloads: tuple[tuple[str, tuple[str, ...], Goal | None], ...]
                            = JOBS_WORKLOADS) -> list[Row]:
-    """Wall time of whole ``python -m bench run`` sweeps with ``--jobs`` ``jobs[0]`` (A) and
-    ``jobs[1]`` (B), each in a fresh results folder, interleaved A B A B ...; a row per workload
-    of the speed-up A/B. Printed as it goes, with the load average (a shared machine is noisy)."""
+    """Wall time of whole ``python -m bench run`` sweeps, each in a fresh results folder, the
+    :data:`JOBS_VARIANTS` interleaved in every repeat; two rows per workload:
+
+    * scaling: one core (``--jobs 1 --threads 1``) against ``--jobs 2``, the speed-up its goal
+      bounds (what a second core buys a sweep);
+    * ``--jobs 1`` with torch's default threads (both cores through intra-op threads) against
+      ``--jobs 2``: what processes buy over threads on the same cores (no goal).
+
+    Each sweep is printed as it ends, with the load average before it (a shared machine is
+    noisy)."""
     rows = []
     for name, args, goal in workloads:
-        times: dict[int, list[float]] = {j: [] for j in jobs}
+        times: dict[str, list[float]] = {v: [] for v in JOBS_VARIANTS}
         for repeat in range(repeats):
-            for j in jobs:
+            for variant, flags in JOBS_VARIANTS.items():
                 with tempfile.TemporaryDirectory() as tmp:
                     load = load_average()
                     seconds, code = _seconds([sys.executable, "-m", "bench", "run", *args,
-                                              "--jobs", str(j), "--results-dir",
-                                              str(Path(tmp) / "r")])
-                times[j].append(seconds)
+                                              *flags, "--results-dir", str(Path(tmp) / "r")])
+                times[variant].append(seconds)
                 note = "" if code == 0 else f" (exit {code})"
-                print(f"  {name}: repeat {repeat + 1}, --jobs {j}: {seconds:.1f} s{note}, "
+                print(f"  {name}: repeat {repeat + 1}, {variant}: {seconds:.1f} s{note}, "
                       f"load average before {load}", flush=True)
-        row = ratio_row("jobs scaling", name, f"--jobs {jobs[0]} vs --jobs {jobs[1]} wall time "
-                                              f"(speed-up)", times[jobs[0]], times[jobs[1]],
-                        goal, unit_of_times="s")
-        rows.append(explain(row, "a sweep's fixed costs (the parent's start-up and planning, "
-                                 "the workers' start-up, the leaderboard written at the end) do "
-                                 "not shrink with --jobs, and --jobs 1 already uses both cores "
-                                 "through torch's intra-op threads"))
+        scaling = ratio_row("jobs scaling", name, "one core (--jobs 1 --threads 1) vs --jobs 2 "
+                                                  "wall time (speed-up)",
+                            times["one core"], times["--jobs 2"], goal, unit_of_times="s")
+        rows.append(explain(scaling, JOBS_LIMITS))
+        threads = ratio_row("jobs scaling", name, "--jobs 1 (both cores as torch threads) vs "
+                                                  "--jobs 2 wall time (speed-up)",
+                            times["--jobs 1"], times["--jobs 2"], unit_of_times="s")
+        threads.limits = ("no goal: --jobs 1 already uses the second core through torch's "
+                          "intra-op threads, so this is what two processes gain over two "
+                          "threads")
+        rows.append(threads)
     return rows
