@@ -140,13 +140,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ run
-def _progress_bar(total: int, initial: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="run", dynamic_ncols=True,
-                disable=None, file=sys.stderr)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "local" and args.jobs > 1 and not args.dry_run:
         from bench.run.pool import SWEEP_PRELOAD, warm_up
@@ -228,7 +221,9 @@ def _sweep(the_plan: Any, args: argparse.Namespace, results_dir: Path, engine: A
             print(f"{state}  {run.profile:8} {run.scenario:16} {run.display:24} seed={run.seed} "
                   f"{run.config_hash[:12]}{note}")
         return 0, None
-    bar = _progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
+    from bench.run.progress import progress_bar
+
+    bar = progress_bar(len(the_plan.runs), len(the_plan.runs) - len(todo))
     failures = 0
 
     def on_result(res: dict[str, Any]) -> None:
