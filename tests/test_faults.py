@@ -537,9 +537,12 @@ def test_local_workers_are_reused_and_a_killed_one_loses_its_item_only() -> None
     assert sorted(map(str, (item for item, _ in results))) == sorted(map(str, items))
     pids = {pid for _, pid in results if pid is not None}
     assert 1 <= len(pids) <= 3, pids  # 8 items done by at most 3 processes
-    assert [item for item, _ in lost] == ["die", "raise"]
-    assert "died in this run (killed by SIGKILL" in lost[0][1]
-    assert lost[1][1] == "the worker raised ValueError: asked to raise"
+    # in either order: a killed worker's end is seen once the kernel has torn it down, which
+    # can take longer than the other worker needs for the next items (2, 3, "raise")
+    why = dict(lost)
+    assert len(lost) == 2 and set(why) == {"die", "raise"}
+    assert "died in this run (killed by SIGKILL" in why["die"]
+    assert why["raise"] == "the worker raised ValueError: asked to raise"
     assert not [p for p in pids if _pid_alive(p)], "workers stopped at the end"
 
 

@@ -183,7 +183,9 @@ def test_python_m_bench_ends_with_mains_code_its_whole_output_and_the_atexit_han
     lines = listed.stdout.splitlines()
     assert lines[-1] == "atexit handler ran"
     names = {line.split()[0] for line in lines[:-1] if line.strip()}
-    assert set(registry.methods.names()) <= names and len(names) >= 56
+    # the built-in methods (other tests register more in this process: not the reference)
+    assert {"hps", "single_task", "pcgrad", "mola_grad", "mola_router", "mtlora"} <= names
+    assert len(names) >= 56
     refused = subprocess.run([sys.executable, "-c", wrapper, "leaderboard", "--selection",
                               "nonsense"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
