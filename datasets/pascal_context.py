@@ -41,14 +41,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.api import ScenarioData, Split, TaskSpec, TrainingSetup, register_scenario
 from bench.data.metrics import IGNORE_INDEX
 from bench.data.real import FileStatus, RealScenario, field_samples, held_out_split
 from bench.data.scenario import ScenarioShape
 from bench.data.streaming import Key, LazySamples
-from bench.data.transforms import pascal_sample
+from bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pascal_sample
 
 #: the share of the training folder held out for model selection
 HELD_OUT = 0.05
@@ -138,8 +137,8 @@ def read_field(root: Path, sample: str, field: str, size: int, key: Key | None =
         with Image.open(root / "JPEGImages" / f"{sample}.jpg") as img:
             image = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
         x = pascal_sample(torch.from_numpy(np.moveaxis(image, -1, 0).copy()), "image", key, size)
-        mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-        return (x - mean) / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        return (x - mean) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     if field == "semseg":
         path = semseg_path(root, sample)
         if path is None:

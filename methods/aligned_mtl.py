@@ -21,19 +21,25 @@ and the official default). Absent tasks (zero rows) are left out of ``G``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchjd.aggregation import AlignedMTL as TorchJDAlignedMTL
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import AlignedMTL as TorchJDAlignedMTL
 
 
 class AlignedMTL(TorchJDWeighting):
     """``(B 1) @ G`` with the balance transformation ``B`` (torchjd's ``AlignedMTL``)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDAlignedMTL:
+        from torchjd.aggregation import (
+            AlignedMTL as TorchJDAlignedMTL,  # imported when used (~0.9 s)
+        )
+
         return TorchJDAlignedMTL(pref_vector=torch.ones(rows),
                                  scale_mode=str(kwargs["scale_mode"]))  # type: ignore[arg-type]
 

@@ -14,18 +14,21 @@ combination of the rows: ``backward`` returns ``None``.
 
 from __future__ import annotations
 
-from typing import Any
-
-from torchjd.aggregation import ConFIG as TorchJDConFIG
+from typing import TYPE_CHECKING, Any
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import ConFIG as TorchJDConFIG
 
 
 class ConFIG(TorchJDWeighting):
     """``(sum_i g_i . g_u) g_u`` with ``g_u = normalize(U^+ 1)`` (torchjd's ``ConFIG``)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDConFIG:
+        from torchjd.aggregation import ConFIG as TorchJDConFIG  # imported when used (~0.9 s)
+
         return TorchJDConFIG()
 
 

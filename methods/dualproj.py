@@ -13,19 +13,22 @@ Implementation: torchjd 0.18's ``DualProj``; defaults: mean preference, quadprog
 
 from __future__ import annotations
 
-from typing import Any
-
-from torchjd.aggregation import DualProj as TorchJDDualProj
-from torchjd.linalg import QuadprogProjector
+from typing import TYPE_CHECKING, Any
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import DualProj as TorchJDDualProj
 
 
 class DualProj(TorchJDWeighting):
     """``pi_J(mean_i g_i)`` (torchjd's ``DualProj``)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDDualProj:
+        from torchjd.aggregation import DualProj as TorchJDDualProj  # imported when used (~0.9 s)
+        from torchjd.linalg import QuadprogProjector
+
         return TorchJDDualProj(projector=QuadprogProjector(norm_eps=float(kwargs["norm_eps"]),
                                                            reg_eps=float(kwargs["reg_eps"])))
 

@@ -23,14 +23,16 @@ them planning refuses the method in one line naming it.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchjd.aggregation import NashMTL as TorchJDNashMTL
-from torchjd.aggregation import WeightedAggregator, Weighting
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import WeightedAggregator
 
 
 class NashMTL(TorchJDWeighting):
@@ -44,29 +46,38 @@ class NashMTL(TorchJDWeighting):
                       "divide by zero", "invalid value")
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> WeightedAggregator:
+        from torchjd.aggregation import NashMTL as TorchJDNashMTL  # imported when used (~0.9 s)
+
         if rows == 1:
-            return _OneTask(float(kwargs["max_norm"]))
+            return _one_task_aggregator()(float(kwargs["max_norm"]))
         return TorchJDNashMTL(n_tasks=rows, max_norm=float(kwargs["max_norm"]),
                               update_weights_every=int(kwargs["update_weights_every"]),
                               optim_niter=int(kwargs["optim_niter"]))
 
 
-class _OneTaskWeighting(Weighting):
-    def __init__(self, max_norm: float) -> None:
-        super().__init__()
-        self.max_norm = max_norm
+@cache
+def _one_task_aggregator() -> type:
+    """The aggregator class of one present task (defined on first use: torchjd is imported by
+    the runs that use it)."""
+    from torchjd.aggregation import WeightedAggregator, Weighting
 
-    def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
-        norm = matrix.norm()
-        alpha = 1.0 / norm if float(norm) > 0 else torch.zeros((), dtype=matrix.dtype)
-        if self.max_norm > 0 and float(alpha * norm) > self.max_norm:  # the same clipping
-            alpha = alpha * self.max_norm / (alpha * norm)
-        return alpha.reshape(1).to(matrix)
+    class OneTaskWeighting(Weighting):
+        def __init__(self, max_norm: float) -> None:
+            super().__init__()
+            self.max_norm = max_norm
 
+        def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
+            norm = matrix.norm()
+            alpha = 1.0 / norm if float(norm) > 0 else torch.zeros((), dtype=matrix.dtype)
+            if self.max_norm > 0 and float(alpha * norm) > self.max_norm:  # the same clipping
+                alpha = alpha * self.max_norm / (alpha * norm)
+            return alpha.reshape(1).to(matrix)
 
-class _OneTask(WeightedAggregator):
-    def __init__(self, max_norm: float) -> None:
-        super().__init__(_OneTaskWeighting(max_norm))
+    class OneTask(WeightedAggregator):
+        def __init__(self, max_norm: float) -> None:
+            super().__init__(OneTaskWeighting(max_norm))
+
+    return OneTask
 
 
 register_weighting("nash_mtl", NashMTL,

@@ -21,13 +21,15 @@ weighting object, one state per set of present tasks; absent tasks (zero rows) a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchjd.aggregation import SDMGradWeighting, WeightedAggregator
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import WeightedAggregator
 
 
 def _gramian(matrix: torch.Tensor) -> torch.Tensor:
@@ -38,6 +40,11 @@ class SDMGrad(TorchJDWeighting):
     """``G^T (w + lambda/T) / (1 + lambda)``, ``w`` by projected SGD (torchjd's weighting)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> WeightedAggregator:
+        from torchjd.aggregation import (  # imported when used (~0.9 s)
+            SDMGradWeighting,
+            WeightedAggregator,
+        )
+
         weighting = SDMGradWeighting(lr=float(kwargs["lr"]), momentum=float(kwargs["momentum"]),
                                      n_iter=int(kwargs["n_iter"]),
                                      lambda_=float(kwargs["lambda_"]))

@@ -17,19 +17,22 @@ regularised before the QP).
 
 from __future__ import annotations
 
-from typing import Any
-
-from torchjd.aggregation import UPGrad as TorchJDUPGrad
-from torchjd.linalg import QuadprogProjector
+from typing import TYPE_CHECKING, Any
 
 from bench.api import register_method, register_weighting
 from bench.models.torchjd_weighting import TorchJDWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import UPGrad as TorchJDUPGrad
 
 
 class UPGrad(TorchJDWeighting):
     """``(1/T) sum_i pi_J(g_i)`` (torchjd's ``UPGrad``)."""
 
     def make_aggregator(self, rows: int, **kwargs: Any) -> TorchJDUPGrad:
+        from torchjd.aggregation import UPGrad as TorchJDUPGrad  # imported when used (~0.9 s)
+        from torchjd.linalg import QuadprogProjector
+
         return TorchJDUPGrad(projector=QuadprogProjector(norm_eps=float(kwargs["norm_eps"]),
                                                          reg_eps=float(kwargs["reg_eps"])))
 

@@ -49,9 +49,11 @@ is numbered; ``tests/test_compat.py`` has one test per fix, which fails on unpat
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,15 +65,24 @@ from bench.data.settings import Settings, settings_from_defaults
 _SHIM_NAME = "torchvision.models.utils"
 
 
+def _torchvision_has_utils() -> bool:
+    """Whether the installed torchvision still ships ``models/utils.py``, found on disk: importing
+    torchvision to find out would cost a LibMTL user ~1.5 s (it imports ``torch._dynamo``)."""
+    try:
+        found = importlib.util.find_spec("torchvision")
+    except (ImportError, ValueError):
+        return False
+    folders = list(found.submodule_search_locations or []) if found else []
+    return any((Path(folder) / "models" / "utils.py").is_file() for folder in folders)
+
+
 def install_import_shim() -> None:
-    """Fix 1: provide ``torchvision.models.utils.load_state_dict_from_url`` for LibMTL."""
-    if _SHIM_NAME in sys.modules:
+    """Fix 1: provide ``torchvision.models.utils.load_state_dict_from_url`` for LibMTL.
+
+    The shim is registered under the module's full name, so LibMTL's ``from
+    torchvision.models.utils import ...`` finds it without importing torchvision at all."""
+    if _SHIM_NAME in sys.modules or _torchvision_has_utils():  # an old torchvision needs nothing
         return
-    try:  # a torchvision that still has the module needs nothing
-        __import__(_SHIM_NAME)
-        return
-    except ImportError:
-        pass
     shim = types.ModuleType(_SHIM_NAME)
     shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
     sys.modules[_SHIM_NAME] = shim

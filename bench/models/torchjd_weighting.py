@@ -35,13 +35,15 @@ Also here: :func:`present_losses`, the same absent-task rule for weightings that
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torchjd.aggregation import Aggregator, WeightedAggregator
 
 from bench.models.compat import CompatWeighting
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import Aggregator
 
 
 def present_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -58,6 +60,8 @@ def aggregate(aggregator: Aggregator, matrix: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(update, weights)`` of ``aggregator`` on ``matrix``; ``weights`` is ``None`` for
     aggregators that are not a weighted combination of the rows (ConFIG, GradDrop)."""
+    from torchjd.aggregation import WeightedAggregator  # imported by the runs that use it
+
     with torch.no_grad():
         if isinstance(aggregator, WeightedAggregator):  # and GramianWeightedAggregator
             weights = aggregator.weighting(matrix).to(matrix.dtype)
