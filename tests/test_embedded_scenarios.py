@@ -181,3 +181,14 @@ def test_smoke_hps_trains_end_to_end(name: str) -> None:
             value = result.test_metrics[task.name][metric]
             assert value == value and value >= 0  # finite, not NaN
     assert wall < 30
+
+
+def test_the_digits_read_without_scikit_learn_equal_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    assert dd.digits_file() is not None  # the fast path is the one taken here
+    dd._digits.cache_clear()
+    images, labels = dd._digits()
+    reference = load_digits()
+    assert torch.equal(images, torch.tensor(reference.images, dtype=torch.float32) / 16.0)
+    assert torch.equal(labels, torch.tensor(reference.target, dtype=torch.long))
