@@ -191,3 +191,32 @@ def test_python_m_bench_ends_with_mains_code_its_whole_output_and_the_atexit_han
                              timeout=300)
     assert refused.returncode == 2 and refused.stderr.startswith("error: ")
     assert refused.stdout == "atexit handler ran\n"
+
+
+SWEEP_WORKER = textwrap.dedent("""
+    import json, sys, torch
+    from bench.run import engine
+    from bench.run.pool import SWEEP_PRELOAD
+    import importlib
+    for name in SWEEP_PRELOAD:
+        importlib.import_module(name)
+    engine.deterministic_algorithms()
+    print(json.dumps({  # the packages themselves (LibMTL's torchvision shim is no import)
+        "heavy": sorted(set(sys.modules) & {"torchvision", "timm", "torchjd", "sklearn"}),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+    }))
+""")
+
+
+def test_a_sweep_worker_preloads_no_vision_or_aggregator_stack_and_runs_deterministic() -> None:
+    """What a fork server preloads stays light (torchvision, timm, torchjd and scikit-learn are
+    imported by the runs that use them), and the engine's deterministic switch sets torch's
+    flags as ``torch.use_deterministic_algorithms(True, warn_only=True)`` does."""
+    env = {k: v for k, v in os.environ.items() if k != registry.PLUGIN_PATH_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", SWEEP_WORKER], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"heavy": [], "deterministic": True, "warn_only": True}

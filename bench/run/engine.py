@@ -29,6 +29,7 @@ import itertools
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of
+    ``torch._inductor.config``, which pulls in ``torch._dynamo`` and sympy (~1.9 s in every
+    worker process). Inductor's ``deterministic`` flag matters only to ``torch.compile``, which
+    no run uses; where inductor is already imported it is set as torch sets it."""
+    inductor = sys.modules.get("torch._inductor.config")
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if inductor is not None or setter is None:  # a torch without the setter: its public API
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
 
 
 def load_scenario(name: str, profile: str) -> ScenarioData:
@@ -448,7 +462,7 @@ def _train(spec: MethodSpec, data: ScenarioData, setup: TrainingSetup, seed: int
     """The training of :func:`train` in this process (one data-parallel rank, or the only
     process); ``None`` on a data-parallel rank other than 0."""
     seed_everything(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     current = parallel.current()
     ddp = current if current is not None and current.world > 1 else None
     lead = ddp is None or ddp.lead
