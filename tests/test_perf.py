@@ -170,11 +170,17 @@ def test_jobs_scaling_rows_run(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(processes, "_seconds", seconds)
     rows = processes.jobs_scaling_benchmark(
-        repeats=2, workloads=(("stand-in", ("--list",), Goal(">=", 1.8)),))
-    scaling, threads = rows
+        repeats=2, workloads=(processes.JobsWorkload("stand-in", ("--list",), Goal(">=", 1.8)),
+                              processes.JobsWorkload("two variants", ("--all",), Goal(">=", 2.5),
+                                                     ("one core", "--jobs 2"))))
+    scaling, threads, two = rows
     assert scaling.median == 2.0 and scaling.met is True and scaling.repeats == 2
     assert threads.median == 1.5 and threads.goal is None and "no goal" in threads.limits
-    assert len(commands) == 6 and len({c[c.index("--results-dir") + 1] for c in commands}) == 6
+    assert two.median == 2.0 and two.met is False and two.benchmark == "two variants"
+    assert len(commands) == 10 and len({c[c.index("--results-dir") + 1] for c in commands}) == 10
+    # interleaved: each repeat times every variant of the workload before the next repeat
+    assert [("--threads" in c, c[c.index("--jobs") + 1]) for c in commands[6:]] == [
+        (True, "1"), (False, "2")] * 2
 
 
 def test_cli_writes_json_and_docs(tmp_path: Path, monkeypatch) -> None:
