@@ -72,6 +72,11 @@ def test_interleaved_times_alternate_the_cases() -> None:
                               repeats=2)
     assert calls == ["a", "b", "a", "b", "a", "b"]  # a warm-up round, then A B A B
     assert [len(v) for v in times.values()] == [2, 2]
+    calls.clear()
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                              repeats=2, warmup=False, number=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # 3 calls a sample
+    assert [len(v) for v in times.values()] == [2, 2]
 
 
 def test_markdown_shows_goals_met_unmet_none_and_limits() -> None:
@@ -129,7 +134,7 @@ def test_engine_vs_bare_loop_runs() -> None:
 def test_gradient_methods_against_the_floor_run() -> None:
     torch.set_num_threads(1)
     rows = gradients.gradient_methods_benchmark(repeats=1, methods=("pcgrad", "gradnorm"),
-                                                task_counts=(2,))
+                                                task_counts=(2,), number=2)
     _finite(rows)
     assert [r.compared for r in rows] == ["T-backward floor vs HPS step",
                                           "pcgrad step vs T-backward floor",

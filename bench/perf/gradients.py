@@ -18,6 +18,9 @@ GROUP = "gradient methods"
 GOAL = Goal("<=", 1.25)
 METHODS = ("pcgrad", "mgda", "cagrad", "imtl", "gradnorm")
 TASK_COUNTS = (3, 9)
+#: steps timed in a row per sample (their mean): one step is 15-150 ms, and a lone step's time
+#: moved the median by ±30 % on this shared machine
+STEPS_PER_SAMPLE = 10
 #: what each method does beyond the floor (from its algorithm), named where its goal is missed
 BEYOND_FLOOR = {
     "pcgrad": "T² projections between the gradient rows, in random task order",
@@ -92,9 +95,10 @@ def step_functions(clone: Any, batch: Any, methods: tuple[str, ...]) -> dict[str
 
 def gradient_methods_benchmark(repeats: int = 5, scenario: str = "digits_scene",
                                methods: tuple[str, ...] = METHODS,
-                               task_counts: tuple[int, ...] = TASK_COUNTS) -> list[Row]:
-    """Per task count T: one step of every method, of the floor and of HPS, in interleaved
-    rounds; rows of method / floor (goal ≤ 1.25), method / HPS and floor / HPS."""
+                               task_counts: tuple[int, ...] = TASK_COUNTS,
+                               number: int = STEPS_PER_SAMPLE) -> list[Row]:
+    """Per task count T: ``number`` steps of every method, of the floor and of HPS, in
+    interleaved rounds; rows of method / floor (goal ≤ 1.25), method / HPS and floor / HPS."""
     from bench.run.engine import load_scenario
 
     data = load_scenario(scenario, "default")
@@ -104,7 +108,8 @@ def gradient_methods_benchmark(repeats: int = 5, scenario: str = "digits_scene",
     for count in task_counts:
         clone = tasks_of(data, count)
         batch = _batch(data, clone)
-        times = interleaved_times(step_functions(clone, batch, methods), repeats)
+        times = interleaved_times(step_functions(clone, batch, methods), repeats,
+                                  number=number)
         name = (f"one training step, T = {count} tasks ({scenario}'s backbone and heads, "
                 f"batch {len(batch[0])})")
         rows.append(ratio_row(GROUP, name, "T-backward floor vs HPS step", times["floor"],

@@ -102,10 +102,12 @@ def ratio_row(group: str, benchmark: str, compared: str, a: Sequence[float],
                 f"B {unit_of_times}": statistics.median(b) * scale, **details})
 
 
-def interleaved_times(cases: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True
-                      ) -> dict[str, list[float]]:
+def interleaved_times(cases: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True,
+                      number: int = 1) -> dict[str, list[float]]:
     """Wall time in seconds of every case, ``repeats`` rounds of each case in turn (A B C A B C
-    ...), so that all cases see the same machine load; one untimed warm-up round first."""
+    ...), so that all cases see the same machine load; one untimed warm-up round first. Each
+    sample is the mean of ``number`` calls in a row (as ``timeit``'s ``number``): a call of a few
+    milliseconds timed alone is at the mercy of one preemption on a shared machine."""
     if warmup:
         for fn in cases.values():
             fn()
@@ -113,8 +115,9 @@ def interleaved_times(cases: dict[str, Callable[[], Any]], repeats: int, warmup:
     for _ in range(repeats):
         for name, fn in cases.items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(number):
+                fn()
+            times[name].append((time.perf_counter() - start) / number)
     return times
 
 
