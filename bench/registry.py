@@ -278,6 +278,21 @@ def _module_file(module: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
+def package_file(package: str, *parts: str) -> Path | None:
+    """A file shipped inside the installed top-level ``package``, e.g. ``package_file("sklearn",
+    "datasets", "data", "digits.csv.gz")``, found on disk without importing the package (an
+    import of scikit-learn or torchvision costs 1.4-1.5 s); ``None`` where either is absent."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # ValueError: in sys.modules without a spec
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder, *parts)
+        if path.is_file():
+            return path
+    return None
+
+
 def _import_source(path: Path, module: str) -> None:
     if module:
         importlib.import_module(module)

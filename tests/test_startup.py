@@ -39,11 +39,16 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(args: list[str], cwd: Path) -> dict:
+def _env() -> dict[str, str]:
+    """This environment for a fresh interpreter: the repository importable, no plugin folders."""
     env = {k: v for k, v in os.environ.items() if k != registry.PLUGIN_PATH_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _probe(args: list[str], cwd: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -213,9 +218,7 @@ def test_a_sweep_worker_preloads_no_vision_or_aggregator_stack_and_runs_determin
     """What a fork server preloads stays light (torchvision, timm, torchjd and scikit-learn are
     imported by the runs that use them), and the engine's deterministic switch sets torch's
     flags as ``torch.use_deterministic_algorithms(True, warn_only=True)`` does."""
-    env = {k: v for k, v in os.environ.items() if k != registry.PLUGIN_PATH_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", SWEEP_WORKER], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-c", SWEEP_WORKER], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])

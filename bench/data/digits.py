@@ -12,7 +12,6 @@ or canvases, or once for validation and once for test: see each scenario's docst
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.scenario import Scenario, ScenarioData, TrainingSetup
+from bench.registry import package_file
 
 SPLITS = ("train", "val", "test")
 
@@ -33,12 +33,7 @@ def digits_file() -> Path | None:
     """scikit-learn's ``datasets/data/digits.csv.gz`` (what ``load_digits`` reads), found
     without importing scikit-learn (that import costs ~1.4 s, with pandas and joblib), or
     ``None`` where it is not there."""
-    found = importlib.util.find_spec("sklearn")
-    for folder in (found.submodule_search_locations or []) if found else []:
-        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            return path
-    return None
+    return package_file("sklearn", "datasets", "data", "digits.csv.gz")
 
 
 @lru_cache(maxsize=1)

@@ -49,11 +49,9 @@ is numbered; ``tests/test_compat.py`` has one test per fix, which fails on unpat
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,19 +59,9 @@ import torch
 
 from bench.data.search import Distribution
 from bench.data.settings import Settings, settings_from_defaults
+from bench.registry import package_file
 
 _SHIM_NAME = "torchvision.models.utils"
-
-
-def _torchvision_has_utils() -> bool:
-    """Whether the installed torchvision still ships ``models/utils.py``, found on disk: importing
-    torchvision to find out would cost a LibMTL user ~1.5 s (it imports ``torch._dynamo``)."""
-    try:
-        found = importlib.util.find_spec("torchvision")
-    except (ImportError, ValueError):
-        return False
-    folders = list(found.submodule_search_locations or []) if found else []
-    return any((Path(folder) / "models" / "utils.py").is_file() for folder in folders)
 
 
 def install_import_shim() -> None:
@@ -81,7 +69,9 @@ def install_import_shim() -> None:
 
     The shim is registered under the module's full name, so LibMTL's ``from
     torchvision.models.utils import ...`` finds it without importing torchvision at all."""
-    if _SHIM_NAME in sys.modules or _torchvision_has_utils():  # an old torchvision needs nothing
+    # an old torchvision, which still ships the module, needs nothing; it is looked for on disk:
+    # importing torchvision to find out would cost a LibMTL user ~1.5 s (it imports dynamo)
+    if _SHIM_NAME in sys.modules or package_file("torchvision", "models", "utils.py"):
         return
     shim = types.ModuleType(_SHIM_NAME)
     shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
