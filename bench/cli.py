@@ -712,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs-scaling", action="store_true",
                    help="also time whole sweeps on one core (--jobs 1 --threads 1) and with "
                         "--jobs 2: smoke --all (also with --jobs 1) and default --all --seeds 0 "
-                        "(goals of --jobs 2 over one core >= 1.8 and >= 1.7; ~50 min at "
+                        "(goals of --jobs 2 over one core >= 1.8 and >= 1.7; ~60 min at "
                         "--repeats 3)")
     p.add_argument("--memory-methods", metavar="METHODS",
                    help="methods whose peak memory is measured: comma-separated, or 'all' "
